@@ -1,0 +1,1 @@
+"""Datasets; importing this package registers each one in fsbench.registry.BENCHMARKS."""

@@ -1,0 +1,74 @@
+"""Image and mask preprocessing shared by every benchmark: decoding, resizing, normalisation."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fsbench.errors import FsbenchError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def read_image(path: Path) -> Tensor:
+    """[3, H, W] uint8 RGB. A missing, corrupt or truncated file raises a one-line FsbenchError."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    try:
+        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    except (RuntimeError, OSError, ValueError) as error:
+        if not Path(path).is_file():
+            raise FsbenchError(f"image file is missing: {path}") from None
+        raise FsbenchError(f"cannot decode image {path}: corrupt or truncated ({str(error).splitlines()[0]})") from None
+
+
+def read_label(path: Path) -> Tensor:
+    """[H, W] int64 from a single-channel (or palette) PNG, values as stored."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as label:
+            if label.mode not in ("L", "P", "I", "I;16", "1"):
+                label = label.convert("L")
+            array = np.array(label)
+    except FileNotFoundError:
+        raise FsbenchError(f"mask file is missing: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise FsbenchError(f"cannot decode mask {path}: corrupt or truncated ({error})") from None
+    return torch.from_numpy(array.astype("int64"))
+
+
+class SquashResize:
+    """HSNet preprocessing: squash to size x size, ImageNet normalisation.
+
+    Call with image [3, H, W] uint8 and label [H, W] int64; returns image [3, S, S] float and
+    label [S, S] int64 (nearest neighbour, so class ids and 255 survive).
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, image: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
+        size = (self.size, self.size)
+        image = image.float().unsqueeze(0) / 255.0
+        image = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+        label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        return normalise(image), label
+
+
+def normalise(image: Tensor) -> Tensor:
+    """[3, H, W] float in [0, 1] -> ImageNet-normalised."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=image.dtype).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=image.dtype).view(3, 1, 1)
+    return (image - mean) / std
+
+
+def denormalise(image: Tensor) -> Tensor:
+    """Inverse of normalise, clamped to [0, 1]; for renders."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    return (image * std + mean).clamp(0, 1)
