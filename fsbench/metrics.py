@@ -5,6 +5,8 @@ two metric objects merge by adding their counters - which is what distributed ev
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -30,6 +32,27 @@ def way_intersection_union(pred: Tensor, target: Tensor, way: int) -> tuple[Tens
     return intersection, union
 
 
+class QueryCounts(NamedTuple):
+    """Pixel counts of a batch of Q queries with N ways (all float64)."""
+
+    way_intersection: Tensor  # [Q, N]
+    way_union: Tensor  # [Q, N]
+    fb_intersection: Tensor  # [Q, 2]: background, foreground (any way)
+    fb_union: Tensor  # [Q, 2]
+
+
+def query_counts(pred: Tensor, target: Tensor, way: int) -> QueryCounts:
+    """Per-query way and foreground/background intersections and unions ([Q, H, W] inputs)."""
+    way_intersection, way_union = way_intersection_union(pred, target, way)
+    valid = target != IGNORE_INDEX
+    fb_intersection, fb_union = [], []
+    for predicted, actual in ((pred == 0, target == 0), (pred > 0, (target > 0) & valid)):
+        predicted = predicted & valid
+        fb_intersection.append((predicted & actual).flatten(1).sum(-1).double())
+        fb_union.append((predicted | actual).flatten(1).sum(-1).double())
+    return QueryCounts(way_intersection, way_union, torch.stack(fb_intersection, 1), torch.stack(fb_union, 1))
+
+
 class FSSIoU:
     """mIoU over the fold's classes and FB-IoU.
 
@@ -53,7 +76,7 @@ class FSSIoU:
         self.fb_intersection = torch.zeros(2, dtype=torch.float64, device=self.device)
         self.fb_union = torch.zeros_like(self.fb_intersection)
 
-    def update(self, pred: Tensor, target: Tensor, episode_class_ids: Tensor) -> tuple[Tensor, Tensor]:
+    def update(self, pred: Tensor, target: Tensor, episode_class_ids: Tensor) -> "QueryCounts":
         """Add one batch of queries.
 
         Args:
@@ -61,25 +84,20 @@ class FSSIoU:
             target: [Q, H, W] int64 (255 = ignore).
             episode_class_ids: [Q, N] dataset class id of each way, per query.
         Returns:
-            The per-query, per-way (intersection, union), [Q, N] each, for per-episode records.
+            The per-query counts that were added, for per-episode records.
         """
         pred, target = pred.to(self.device), target.to(self.device)
         episode_class_ids = episode_class_ids.to(self.device)
-        way = episode_class_ids.shape[1]
-        intersection, union = way_intersection_union(pred, target, way)
+        counts = query_counts(pred, target, episode_class_ids.shape[1])
         rows = self._lookup[episode_class_ids.clamp(max=len(self._lookup) - 1)]
         unknown = (episode_class_ids >= len(self._lookup)) | (rows < 0)
         if bool(unknown.any()):
             raise ValueError(f"class ids {episode_class_ids[unknown].unique().tolist()} are not in this metric's classes")
-        self.class_intersection.index_add_(0, rows.flatten(), intersection.flatten())
-        self.class_union.index_add_(0, rows.flatten(), union.flatten())
-
-        valid = target != IGNORE_INDEX
-        for row, (predicted, actual) in enumerate(((pred == 0, target == 0), (pred > 0, (target > 0) & valid))):
-            predicted = predicted & valid
-            self.fb_intersection[row] += (predicted & actual).sum().double()
-            self.fb_union[row] += (predicted | actual).sum().double()
-        return intersection, union
+        self.class_intersection.index_add_(0, rows.flatten(), counts.way_intersection.flatten())
+        self.class_union.index_add_(0, rows.flatten(), counts.way_union.flatten())
+        self.fb_intersection += counts.fb_intersection.sum(dim=0)
+        self.fb_union += counts.fb_union.sum(dim=0)
+        return counts
 
     def merge(self, other: "FSSIoU") -> "FSSIoU":
         if other.class_ids != self.class_ids:

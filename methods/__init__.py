@@ -1,1 +1,2 @@
 """Few-shot segmentation methods; importing this package registers each one in fsbench.registry.METHODS."""
+from methods import dml_knn  # noqa: F401  (registers "dml_knn")

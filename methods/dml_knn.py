@@ -1,0 +1,255 @@
+"""dml_knn: deep metric learning + kNN few-shot segmentation.
+
+After rootvisionai/dml_segmentation: a UNet++ maps every pixel to an embedding, trained on the base
+classes with the Proxy-Anchor loss (Kim, Kim, Cho, Kwak, "Proxy Anchor Loss for Deep Metric
+Learning", CVPR 2020); a novel class is segmented by cosine kNN of each query pixel among the
+support's positive and negative pixels. Unlike the original code, the proxies are trainable
+parameters in the optimiser (at 100x the network's learning rate), so they actually train.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fsbench.backbones import load_imagenet_weights
+from fsbench.episode import IGNORE_INDEX, Episode, Prediction
+from fsbench.losses import proxy_anchor_loss
+from fsbench.registry import METHODS
+from fsbench.train import BaseClassImages, TrainSettings, train_supervised
+from methods.base import Method, MethodConfig
+
+
+@dataclass
+class DMLKNNConfig(MethodConfig):
+    """Defaults of the original method; QUICK is the CPU demo profile used on `shapes`."""
+
+    backbone: str = "resnet101"
+    pretrained: bool = True
+    embedding_dim: int = 512
+    # smp's UNet++ default decoder widths, deepest first.
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+    lr: float = 1e-4
+    proxy_lr_multiplier: float = 100.0
+    batch_size: int = 8
+    train_steps: int = 20000
+    alpha: float = 32.0
+    delta: float = 0.1
+    # Pixels sampled per image per step (class-balanced): bounds training memory of the loss.
+    pixels_per_image: int = 1024
+    proxy_init_batches: int = 8
+    k: int = 64
+    negative_samples_ratio: int = 20
+    # Positive support pixels kept per way (a random subset when there are more): with the ratio
+    # above this bounds the reference set, and so kNN time and memory, at any shot and resolution.
+    max_positive_samples: int = 1000
+    # Query pixels per kNN chunk: peak memory is about chunk x reference pixels x 4 bytes.
+    knn_chunk_size: int = 4096
+    # kNN on every knn_stride-th query pixel, probabilities upsampled bilinearly (1 = every pixel).
+    knn_stride: int = 1
+
+    QUICK = {
+        "backbone": "resnet18",
+        "pretrained": False,
+        "embedding_dim": 64,
+        "decoder_channels": (128, 64, 32, 16, 16),
+        "lr": 1e-3,
+        "train_steps": 400,
+        "pixels_per_image": 512,
+        "max_positive_samples": 200,
+        "knn_stride": 2,
+    }
+
+
+class ProxyBank(nn.Module):
+    """One trainable proxy per training class (index 0 = background): weight [C, D].
+
+    Its size is only known once the training classes are; a loaded checkpoint sets it too.
+    """
+
+    def __init__(self, embedding_dim: int, num_classes: int = 0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num_classes, embedding_dim))
+
+    def resize(self, num_classes: int) -> None:
+        self.weight = nn.Parameter(torch.zeros(num_classes, self.weight.shape[1], device=self.weight.device))
+
+
+@METHODS.register("dml_knn")
+class DMLKNN(Method):
+    Config = DMLKNNConfig
+
+    def __init__(self, config: DMLKNNConfig, device: torch.device | str = "cpu"):
+        super().__init__(config, device)
+        import segmentation_models_pytorch as smp
+
+        self.network = smp.UnetPlusPlus(
+            encoder_name=config.backbone,
+            encoder_weights=None,
+            decoder_channels=tuple(config.decoder_channels),
+            classes=config.embedding_dim,
+            activation=None,
+        )
+        if config.pretrained:
+            load_imagenet_weights(self.network.encoder, config.backbone)
+        self.proxies = ProxyBank(config.embedding_dim)
+        self.to(self.device)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"network": self.network, "proxies": self.proxies}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if "proxies.weight" in state:
+            self.proxies.resize(state["proxies.weight"].shape[0])
+        super().load_state_dict(state)
+
+    def embed(self, images: Tensor) -> Tensor:
+        """[B, 3, H, W] -> [B, D, H, W] L2-normalised pixel embeddings."""
+        return F.normalize(self.network(images), dim=1)
+
+    # --- training -----------------------------------------------------------------------------
+    def fit(self, benchmark, settings: TrainSettings) -> None:
+        if settings.steps <= 0:
+            return
+        dataset = BaseClassImages(benchmark, settings.transform, seed=settings.seed)
+        self.proxies.resize(dataset.num_classes)
+        self.proxies.to(self.device)
+        self._initialise_proxies(dataset, settings)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": self.network.parameters(), "lr": self.config.lr},
+                {"params": self.proxies.parameters(), "lr": self.config.lr * self.config.proxy_lr_multiplier},
+            ],
+            weight_decay=1e-4,
+        )
+        generator = torch.Generator().manual_seed(settings.seed)
+
+        def step(images: Tensor, labels: Tensor) -> dict[str, float]:
+            embeddings = self.network(images)
+            sampled, sampled_labels = sample_pixels(embeddings, labels, self.config.pixels_per_image, generator)
+            loss = proxy_anchor_loss(sampled, sampled_labels, self.proxies.weight, self.config.alpha, self.config.delta)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 10.0)
+            optimizer.step()
+            return {"loss": loss.item()}
+
+        train_supervised(self, dataset, settings, step)
+
+    @torch.no_grad()
+    def _initialise_proxies(self, dataset: BaseClassImages, settings: TrainSettings) -> None:
+        """Proxy c = normalised sum of sampled embeddings of class c from a few batches; a class not
+        seen in those batches gets a random unit vector."""
+        generator = torch.Generator().manual_seed(settings.seed + 1)
+        sums = torch.zeros_like(self.proxies.weight)
+        order = torch.randperm(len(dataset), generator=generator)
+        count = min(len(dataset), self.config.proxy_init_batches * settings.batch_size)
+        self.network.eval()
+        for start in range(0, count, settings.batch_size):
+            batch = [dataset[int(index)] for index in order[start : start + settings.batch_size]]
+            images = torch.stack([image for image, _ in batch]).to(self.device)
+            labels = torch.stack([label for _, label in batch]).to(self.device)
+            embeddings, sampled_labels = sample_pixels(self.embed(images), labels, self.config.pixels_per_image, generator)
+            sums.index_add_(0, sampled_labels, embeddings)
+        unseen = sums.norm(dim=1) == 0
+        sums[unseen] = torch.randn(int(unseen.sum()), sums.shape[1], generator=generator).to(sums)
+        self.proxies.weight.data.copy_(F.normalize(sums, dim=1))
+
+    # --- inference ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, episode: Episode) -> Prediction:
+        way, shot = episode.way, episode.shot
+        height, width = episode.query_images.shape[-2:]
+        support_images = episode.support_images.flatten(0, 1)  # [N*K, 3, H, W]
+        embeddings = self.embed(torch.cat([support_images, episode.query_images]))
+        support = embeddings[: way * shot].view(way, shot, -1, height, width)
+        query = embeddings[way * shot :]  # [Q, D, H, W]
+        stride = self.config.knn_stride
+        query_grid = query[:, :, ::stride, ::stride]
+        grid_size = query_grid.shape[-2:]
+        query_pixels = query_grid.permute(0, 2, 3, 1).reshape(-1, query.shape[1])  # [Q*h*w, D]
+
+        # Reference subsets are drawn from a generator seeded by the episode: same episode, same answer.
+        generator = torch.Generator().manual_seed(int(episode.index))
+        probabilities = []
+        for way_index in range(way):
+            references, reference_labels = self._reference_set(
+                support[way_index], episode.support_masks[way_index], generator
+            )
+            if reference_labels.sum() == 0:  # an empty support mask: nothing to look for
+                probabilities.append(query_pixels.new_zeros(query_pixels.shape[0]))
+                continue
+            probabilities.append(
+                knn_foreground_probability(query_pixels, references, reference_labels, self.config.k, self.config.knn_chunk_size)
+            )
+        fg_probs = torch.stack(probabilities, dim=1).view(query.shape[0], *grid_size, way).permute(0, 3, 1, 2)
+        if stride > 1:
+            fg_probs = F.interpolate(fg_probs, size=(height, width), mode="bilinear", align_corners=False).clamp(0, 1)
+        presence = fg_probs.flatten(2).amax(dim=2)
+        return Prediction(fg_probs=fg_probs, presence=presence)
+
+    def _reference_set(self, embeddings: Tensor, masks: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Support pixels of one way: embeddings [K, D, H, W], masks [K, H, W] ->
+        (references [R, D], labels [R] float, 1 = positive), R <= max_pos * (1 + ratio)."""
+        pixels = embeddings.permute(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
+        flat_masks = masks.reshape(-1)
+        positive_index = torch.nonzero(flat_masks == 1).squeeze(1)
+        negative_index = torch.nonzero(flat_masks == 0).squeeze(1)
+        positive_index = _subset(positive_index, self.config.max_positive_samples, generator)
+        negative_index = _subset(negative_index, len(positive_index) * self.config.negative_samples_ratio, generator)
+        references = torch.cat([pixels[positive_index], pixels[negative_index]])
+        labels = torch.cat([pixels.new_ones(len(positive_index)), pixels.new_zeros(len(negative_index))])
+        return references, labels
+
+
+def knn_foreground_probability(queries: Tensor, references: Tensor, reference_labels: Tensor, k: int, chunk_size: int) -> Tensor:
+    """Share of positives among each query's k nearest references by cosine similarity.
+
+    Args:
+        queries: [P, D] unit vectors; references: [R, D] unit vectors; reference_labels: [R] in {0, 1}.
+    Returns:
+        [P] in [0, 1]. Computed chunk_size queries at a time, so memory is O(chunk_size x R).
+    """
+    k = min(k, references.shape[0])
+    result = queries.new_empty(queries.shape[0])
+    for start in range(0, queries.shape[0], chunk_size):
+        similarity = queries[start : start + chunk_size] @ references.t()  # [chunk, R]
+        nearest = similarity.topk(k, dim=1, sorted=False).indices
+        result[start : start + chunk_size] = reference_labels[nearest].mean(dim=1)
+    return result
+
+
+def sample_pixels(embeddings: Tensor, labels: Tensor, per_image: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Class-balanced pixel sample for the metric loss.
+
+    Args:
+        embeddings: [B, D, H, W]; labels: [B, H, W] with 255 = ignore.
+    Returns:
+        ([M, D] embeddings, [M] labels), M <= B * per_image; within each image every present class
+        gets an equal share of the draws, so small objects are not drowned by background.
+    """
+    batch, dim = embeddings.shape[:2]
+    flat_labels = labels.reshape(batch, -1)
+    valid = flat_labels != IGNORE_INDEX
+    # Weight each valid pixel by 1 / (pixels of its class in its image).
+    safe = torch.where(valid, flat_labels, torch.zeros_like(flat_labels))
+    counts = torch.zeros(batch, int(safe.max()) + 1, device=labels.device).scatter_add_(1, safe, valid.float())
+    weights = torch.where(valid, 1.0 / counts.gather(1, safe).clamp(min=1), torch.zeros_like(valid, dtype=torch.float))
+    has_pixels = weights.sum(dim=1) > 0
+    weights, flat_labels, embeddings = weights[has_pixels], flat_labels[has_pixels], embeddings[has_pixels]
+    if weights.shape[0] == 0:
+        return embeddings.new_zeros(0, dim), labels.new_zeros(0)
+    draws = min(per_image, int(valid[has_pixels].sum(dim=1).min()))
+    chosen = torch.multinomial(weights.cpu(), draws, replacement=False, generator=generator).to(labels.device)
+    pixels = embeddings.flatten(2).transpose(1, 2)  # [B, H*W, D]
+    sampled = torch.gather(pixels, 1, chosen.unsqueeze(-1).expand(-1, -1, dim)).reshape(-1, dim)
+    return sampled, torch.gather(flat_labels, 1, chosen).reshape(-1)
+
+
+def _subset(index: Tensor, count: int, generator: torch.Generator) -> Tensor:
+    if len(index) <= count:
+        return index
+    chosen = torch.randperm(len(index), generator=generator)[:count].to(index.device)
+    return index[chosen]
