@@ -15,14 +15,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def read_image(path: Path) -> Tensor:
     """[3, H, W] uint8 RGB. A missing, corrupt or truncated file raises a one-line FsbenchError."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
 
     try:
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-    except (RuntimeError, OSError, ValueError) as error:
-        if not Path(path).is_file():
-            raise FsbenchError(f"image file is missing: {path}") from None
-        raise FsbenchError(f"cannot decode image {path}: corrupt or truncated ({str(error).splitlines()[0]})") from None
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"))  # convert() forces a full decode: truncation shows here
+    except FileNotFoundError:
+        raise FsbenchError(f"image file is missing: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise FsbenchError(f"cannot decode image {path}: corrupt or truncated ({error})") from None
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
 def read_label(path: Path) -> Tensor:

@@ -160,35 +160,34 @@ class DMLKNN(Method):
     # --- inference ----------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, episode: Episode) -> Prediction:
-        way, shot = episode.way, episode.shot
         height, width = episode.query_images.shape[-2:]
-        support_images = episode.support_images.flatten(0, 1)  # [N*K, 3, H, W]
-        embeddings = self.embed(torch.cat([support_images, episode.query_images]))
-        support = embeddings[: way * shot].view(way, shot, -1, height, width)
-        query = embeddings[way * shot :]  # [Q, D, H, W]
+        # Reference subsets are drawn from a generator seeded by the episode: same episode, same answer.
+        generator = torch.Generator().manual_seed(int(episode.index))
+        # One way's shots are embedded at a time and reduced to their reference pixels at once, so
+        # full-resolution support embeddings never pile up (5-shot 400x400 512-d would be 1.6 GB).
+        references = [
+            self._reference_set(self.embed(episode.support_images[way]), episode.support_masks[way], generator)
+            for way in range(episode.way)
+        ]
+        query = self.embed(episode.query_images)  # [Q, D, H, W]
         stride = self.config.knn_stride
         query_grid = query[:, :, ::stride, ::stride]
         grid_size = query_grid.shape[-2:]
         query_pixels = query_grid.permute(0, 2, 3, 1).reshape(-1, query.shape[1])  # [Q*h*w, D]
 
-        # Reference subsets are drawn from a generator seeded by the episode: same episode, same answer.
-        generator = torch.Generator().manual_seed(int(episode.index))
         probabilities = []
-        for way_index in range(way):
-            references, reference_labels = self._reference_set(
-                support[way_index], episode.support_masks[way_index], generator
-            )
+        for reference_pixels, reference_labels in references:
             if reference_labels.sum() == 0:  # an empty support mask: nothing to look for
                 probabilities.append(query_pixels.new_zeros(query_pixels.shape[0]))
                 continue
             probabilities.append(
-                knn_foreground_probability(query_pixels, references, reference_labels, self.config.k, self.config.knn_chunk_size)
+                knn_foreground_probability(query_pixels, reference_pixels, reference_labels, self.config.k, self.config.knn_chunk_size)
             )
-        fg_probs = torch.stack(probabilities, dim=1).view(query.shape[0], *grid_size, way).permute(0, 3, 1, 2)
+        fg_probs = torch.stack(probabilities, dim=1).view(query.shape[0], *grid_size, episode.way).permute(0, 3, 1, 2)
         if stride > 1:
             fg_probs = F.interpolate(fg_probs, size=(height, width), mode="bilinear", align_corners=False).clamp(0, 1)
         presence = fg_probs.flatten(2).amax(dim=2)
-        return Prediction(fg_probs=fg_probs, presence=presence)
+        return Prediction(fg_probs=fg_probs.contiguous(), presence=presence)
 
     def _reference_set(self, embeddings: Tensor, masks: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Support pixels of one way: embeddings [K, D, H, W], masks [K, H, W] ->

@@ -1,0 +1,56 @@
+"""Checkpoints: round trip, and untrusted files refused without unpickling."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from fsbench.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from fsbench.errors import FsbenchError
+
+
+def test_round_trip(tmp_path):
+    state = {"network.weight": torch.randn(3, 4), "proxies.weight": torch.arange(6.0).view(2, 3)}
+    save_checkpoint(tmp_path / "m.safetensors", state, {"method": "dml_knn", "config": {"backbone": "resnet18"}, "step": 5})
+    loaded, metadata = load_checkpoint(tmp_path / "m.safetensors")
+    assert all(torch.equal(state[key], loaded[key]) for key in state)
+    assert metadata["method"] == "dml_knn" and metadata["config"]["backbone"] == "resnet18" and metadata["step"] == 5
+    assert not list(tmp_path.glob("*.partial"))
+
+
+class Boom:
+    def __reduce__(self):  # would run code if anything unpickled it
+        return (open, ("/nonexistent/should-never-be-opened", "r"))
+
+
+def test_pickles_are_refused_without_loading(tmp_path):
+    torch_file = tmp_path / "model.pth"
+    torch.save({"weight": torch.zeros(2), "payload": Boom()}, torch_file)  # zip-based torch format
+    with pytest.raises(FsbenchError, match="pickled torch checkpoint"):
+        read_metadata(torch_file)
+    raw_pickle = tmp_path / "model.pkl"
+    raw_pickle.write_bytes(pickle.dumps({"payload": 1}))
+    with pytest.raises(FsbenchError, match="pickled"):
+        read_metadata(raw_pickle)
+
+
+@pytest.mark.parametrize("content,message", [(b"", "too short"), (b"hello world, not a checkpoint", "not a safetensors"), (b"\x05\x00\x00\x00\x00\x00\x00\x00{}xxx", "not a safetensors")])
+def test_foreign_files_are_refused(tmp_path, content, message):
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(FsbenchError, match=message):
+        read_metadata(path)
+
+
+def test_safetensors_without_fsbench_metadata(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(FsbenchError, match="without fsbench metadata"):
+        read_metadata(tmp_path / "plain.safetensors")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FsbenchError, match="not found"):
+        read_metadata(tmp_path / "nothing.safetensors")
