@@ -24,9 +24,11 @@ def _setting_line(setting: dict) -> str:
     return ", ".join(part for part in parts if part)
 
 
-def _legend(tables: list, options, latex: bool) -> list[str]:
-    """What the marks mean; only the marks that occur (or could occur) are explained."""
-    dagger = "$^\\dagger$" if latex else "†"
+DAGGER = "\N{DAGGER}"
+
+
+def _legend(tables: list, options) -> list[str]:
+    """What the marks mean, as plain text (markdown's marks; LaTeX escapes it and swaps in its dagger)."""
     lines = ["mean: arithmetic mean of the folds."]
     if options.confidence:
         lines.append(
@@ -36,12 +38,12 @@ def _legend(tables: list, options, latex: bool) -> list[str]:
     test = "paired bootstrap" if options.test == "bootstrap" else "Wilcoxon signed-rank test"
     best = "Bold: best in its column among rows evaluated on the same episodes"
     if options.significance:
-        best += f"; {dagger}: better than every other such row at p < 0.05 ({test} over the shared episodes)"
+        best += f"; {DAGGER}: better than every other such row at p < 0.05 ({test} over the shared episodes)"
     lines.append(best + ".")
-    cells = [cell for table in tables for column in table.columns for cell in column.cells.values()]
-    if any(len(cell.run_dirs) > 1 for table in tables for column in table.columns if column.fold is not None for cell in column.cells.values()):
+    fold_cells = [cell for table in tables for column in table.columns if column.fold is not None for cell in column.cells.values()]
+    if any(len(cell.run_dirs) > 1 for cell in fold_cells):
         lines.append("A cell with several runs (seeds) shows their mean; its interval resamples each run's episodes.")
-    if any(cell.episode_set for cell in cells):
+    if any(cell.episode_set for cell in fold_cells):
         lines.append("(a), (b), ...: cells of one column computed on different episodes; such cells are not compared.")
     return lines
 
@@ -58,7 +60,10 @@ def _cell_text(cell, latex: bool) -> str:
         text += f"$^{{({cell.episode_set})}}$" if latex else f" ({cell.episode_set})"
     if cell.interval is not None:
         low, high = cell.interval
-        text += f"\\,{{\\scriptsize[{low:.1f}, {high:.1f}]}}" if latex else f" [{low:.1f}, {high:.1f}]"
+        if not latex:
+            return f"{text} [{low:.1f}, {high:.1f}]"
+        # The interval on a second line under the value: side by side, a 10-column table is wider than a page.
+        return f"\\begin{{tabular}}[t]{{@{{}}c@{{}}}}{text}\\\\[-2pt]{{\\scriptsize[{low:.1f}, {high:.1f}]}}\\end{{tabular}}"
     return text
 
 
@@ -83,13 +88,14 @@ def _markdown(tables: list, options) -> str:
             if notes:
                 lines += ["", *(f"- {text}" for text in notes)]
             blocks.append("\n".join(lines))
-    legend = " ".join(_legend(tables, options, latex=False))
+    legend = " ".join(_legend(tables, options))
     return "\n\n".join([*blocks, legend]) + "\n"
 
 
 # --- LaTeX --------------------------------------------------------------------------------------------
+WIDE_TABLE_COLUMNS = 6
 LATEX_SPECIAL = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_", "{": "\\{",
-                 "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}"}
+                 "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}", "<": "\\textless{}", ">": "\\textgreater{}"}
 
 
 def latex_escape(text: str) -> str:
@@ -113,6 +119,8 @@ def _latex_table(table, options, legend: list[str]) -> str:
         "\\centering",
         "\\small",
         f"\\caption{{{caption} {' '.join(legend)}}}",
+        # Wider than a column of text beyond ~6 numbers (two shots side by side): scale to the line width.
+        *(["\\resizebox{\\linewidth}{!}{%"] if column_count > WIDE_TABLE_COLUMNS else []),
         f"\\begin{{tabular}}{{l{'c' * column_count}}}",
         "\\toprule",
     ]
@@ -129,7 +137,7 @@ def _latex_table(table, options, legend: list[str]) -> str:
     for key in table.rows:
         cells = [_cell_text(column.cells.get(key), latex=True) for column in all_columns]
         lines.append(" & ".join([latex_escape(table.row_labels[key]), *cells]) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
+    lines += ["\\bottomrule", "\\end{tabular}" + ("}" if column_count > WIDE_TABLE_COLUMNS else "")]
     if table.notes:
         lines.append("\\par\\smallskip{\\footnotesize " + " ".join(latex_escape(text) for _, text in table.notes) + "}")
     lines.append("\\end{table}")
@@ -137,8 +145,9 @@ def _latex_table(table, options, legend: list[str]) -> str:
 
 
 def _latex(tables: list, options) -> str:
-    legend = [latex_escape(line) if "$" not in line else line for line in _legend(tables, options, latex=True)]
-    preamble = "% needs \\usepackage{booktabs}"
+    legend = [latex_escape(line.replace(DAGGER, "@dagger@")).replace("@dagger@", "$^\\dagger$") for line in _legend(tables, options)]
+    wide = any(len(table.columns) > WIDE_TABLE_COLUMNS for table in tables)
+    preamble = "% needs \\usepackage{booktabs}" + (" and \\usepackage{graphicx} (\\resizebox)" if wide else "")
     return "\n\n".join([preamble, *(_latex_table(table, options, legend) for table in tables)]) + "\n"
 
 
