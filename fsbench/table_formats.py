@@ -176,7 +176,7 @@ def _csv_records(tables: list, options) -> list[dict]:
                     "fold": "mean" if column.fold is None else column.fold,
                     "method": method,
                     "backbone": backbone,
-                    "train_steps": "" if steps is None else int(steps),
+                    "train_steps": "" if steps is None else steps,
                     "row": table.row_labels[key],
                     "value": cell.value,
                     "ci_low": cell.interval[0] if cell.interval else "",

@@ -101,19 +101,26 @@ def run_bootstrap_seed(seed: int, fingerprint: str) -> list[int]:
     return [seed, int(hashlib.sha256(fingerprint.encode()).hexdigest()[:16], 16)]
 
 
+UNKNOWN_STEPS = "?"
+
+
+def _steps_of(runs: pd.DataFrame) -> pd.Series:
+    """Each run's training steps, UNKNOWN_STEPS where results.json does not say."""
+    return runs["train_steps"].map(lambda value: UNKNOWN_STEPS if value is None or pd.isna(value) else int(value))
+
+
 def _row_keys(frame: pd.DataFrame) -> tuple[list, dict]:
     """Rows: (method, backbone), split further by training steps only where one method+backbone has
     runs with several (e.g. trained and untrained), so such runs are never averaged together."""
     keys, labels = [], {}
     for (method, backbone), runs in frame.groupby(["method", "backbone"], sort=True):
-        steps = sorted({value for value in runs["train_steps"] if value is not None and not pd.isna(value)})
-        variants = steps if len(steps) > 1 else [None]
-        for step in variants:
+        steps = sorted(set(_steps_of(runs)), key=lambda step: (step == UNKNOWN_STEPS, 0 if step == UNKNOWN_STEPS else step))
+        for step in steps if len(steps) > 1 else [None]:
             key = (method, backbone, step)
             keys.append(key)
             details = [backbone] if backbone else []
             if step is not None:
-                details.append(f"{int(step)} steps")
+                details.append("steps unknown" if step == UNKNOWN_STEPS else f"{step} steps")
             labels[key] = f"{method} ({', '.join(details)})" if details else method
     return keys, labels
 
@@ -122,7 +129,7 @@ def _runs_of_row(frame: pd.DataFrame, key: RowKey) -> pd.DataFrame:
     method, backbone, step = key
     selected = (frame["method"] == method) & (frame["backbone"] == backbone)
     if step is not None:
-        selected &= frame["train_steps"] == step
+        selected &= _steps_of(frame) == step
     return frame[selected]
 
 

@@ -245,3 +245,40 @@ def test_run_row_in_every_format(tmp_path):
     rows = read_csv_table(format_run_row(results, "csv", tmp_path / "run" / "episodes.csv"))
     assert list(rows.metric) == ["miou", "fbiou", "er"] and list(rows.value) == [results[m] for m in ("miou", "fbiou", "er")]
     assert rows.ci_low.notna().all()
+
+
+def test_two_way_rows_count_each_way_for_its_own_class(tmp_path):
+    """2-way: way n of a row belongs to the n-th class name; ER needs both presences right."""
+    def row(episode, names, inter, union, present, predicted):
+        return {"episode": episode, "query_index": 0, "class_names": ";".join(names),
+                "intersection_1": inter[0], "union_1": union[0], "intersection_2": inter[1], "union_2": union[1],
+                "present_1": present[0], "predicted_present_1": predicted[0], "present_2": present[1], "predicted_present_2": predicted[1],
+                "bg_intersection": 50, "bg_union": 60, "fg_intersection": 20, "fg_union": 40}
+    rows = [
+        row(0, ["red circle", "blue square"], (10, 0), (20, 5), (1, 0), (1, 0)),
+        row(1, ["blue square", "green star"], (6, 9), (12, 10), (1, 1), (1, 0)),
+    ]
+    folder = tmp_path / "two_way"
+    folder.mkdir()
+    pd.DataFrame(rows).to_csv(folder / "episodes.csv", index=False)
+    # By hand: red circle 10/20, blue square (0 + 6)/(5 + 12), green star 9/10; FB (50/60 + 20/40) / 2; ER 1 of 2.
+    expected = {"miou": 100 * (10 / 20 + 6 / 17 + 9 / 10) / 3, "fbiou": 100 * (50 / 60 + 20 / 40) / 2, "er": 50.0}
+    results = {"method": "m", "benchmark": "toy", "fold": 0, "way": 2, "shot": 1, "seed": 0, "episodes": 2,
+               "episode_fingerprint": "two", **expected, "class_iou": {name: 0.0 for name in CLASSES}}
+    (folder / "results.json").write_text(json.dumps(results))
+    counts = read_episode_counts(folder / "episodes.csv", results)
+    assert counts.class_intersection.tolist() == [[10, 0, 0], [0, 6, 9]]
+    assert counts.class_union.tolist() == [[20, 5, 0], [0, 12, 10]]
+    assert counts.exact.tolist() == [1, 0]
+    table = read_csv_table(main_table([str(folder)], "csv", resamples=20))
+    assert table[(table.fold == "0")].set_index("metric").value.to_dict() == pytest.approx(expected)
+
+
+def test_trained_and_untrained_runs_of_one_method_are_separate_rows(tmp_path):
+    rows = episode_rows(8, 0.7, 1)
+    for steps in (0, 400):
+        results = write_run(tmp_path / f"steps{steps}", "good", 0, rows if steps else episode_rows(8, 0.2, 1), fingerprint="same")
+        (tmp_path / f"steps{steps}" / "results.json").write_text(json.dumps({**results, "train_steps": steps}))
+    markdown = main_table([str(tmp_path / "*")], "markdown", resamples=50)
+    assert "good (resnet18, 0 steps)" in markdown and "good (resnet18, 400 steps)" in markdown
+    assert "Not compared" not in markdown
