@@ -276,6 +276,16 @@ def build_tables(frame: pd.DataFrame, metric: str, options: TableOptions | None 
     return tables
 
 
+def render_table(frame: pd.DataFrame, metric: str, format: str = "markdown", options: TableOptions | None = None) -> str:
+    """One metric's tables for the runs of ``frame`` (from collect_runs) in ``format``."""
+    from fsbench.table_formats import render_tables
+
+    if format not in FORMATS:
+        raise FsbenchError(f"unknown table format {format!r}; available: {', '.join(FORMATS)}")
+    options = options or TableOptions()
+    return render_tables(build_tables(frame, metric, options), format, options)
+
+
 def main_table(
     patterns: list[str],
     format: str = "markdown",
