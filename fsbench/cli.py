@@ -143,7 +143,7 @@ def run(args) -> dict:
     options = BenchmarkOptions(protocol=protocol.name, split_dir=args.split_dir, class_split=args.class_split)
     benchmark = benchmark_class(args.datapath, args.fold, options)
     config = _method_config(method_class, benchmark, args, checkpoint_metadata)
-    img_size = args.img_size or benchmark.default_img_size
+    img_size = args.img_size or protocol.img_size(benchmark)
     transform = protocol.make_transform(img_size)
     task = args.task or ("fss" if args.way == 1 else "fscs")
     original_size = args.use_original_imgsize or protocol.score_original_size
