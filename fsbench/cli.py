@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from fsbench import __version__
-from fsbench.errors import FsbenchError
+from fsbench.errors import FsbenchError, one_line
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +34,16 @@ def _boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _fold_classes(text: str) -> list[list[int]]:
+    try:
+        folds = [[int(value) for value in part.split(",") if value.strip()] for part in text.split(";")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected class ids like "1,2;3,4", got {text!r}') from None
+    if not all(folds):
+        raise argparse.ArgumentTypeError(f"every fold needs at least one class id, got {text!r}")
+    return folds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="main.py", description="fsbench: train and evaluate few-shot segmentation methods on episodes.")
     what = parser.add_argument_group("what to run")
@@ -51,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--split-dir", type=Path, help="folder of standard split lists, where a benchmark reads them")
     what.add_argument("--class-split", default="interleaved", help="COCO-20i class split: interleaved (default) or contiguous")
     what.add_argument("--use_original_imgsize", action="store_true", help="score at each query's original size")
+    what.add_argument("--skip-bad", action="store_true", help="skip image/mask pairs found broken while indexing (the count is reported)")
+    what.add_argument("--layout", default="auto", help="coco_json layout: auto, separate_json, unified or separate")
+    what.add_argument("--folds", type=int, help="coco_json: number of folds over the categories (default 4)")
+    what.add_argument("--fold-classes", type=_fold_classes, help='coco_json: novel class ids per fold, e.g. "1,2;3,4"')
 
     model = parser.add_argument_group("method settings (unset = the method's default)")
     model.add_argument("--backbone")
@@ -140,7 +154,10 @@ def run(args) -> dict:
     checkpoint_metadata = read_metadata(args.load) if args.load is not None else None
     if checkpoint_metadata is not None and checkpoint_metadata.get("method") != args.method:
         raise FsbenchError(f"checkpoint {args.load} was made for method {checkpoint_metadata.get('method')!r}, not {args.method!r}")
-    options = BenchmarkOptions(protocol=protocol.name, split_dir=args.split_dir, class_split=args.class_split)
+    options = BenchmarkOptions(
+        protocol=protocol.name, split_dir=args.split_dir, class_split=args.class_split, skip_bad=args.skip_bad,
+        layout=args.layout, folds=args.folds, fold_classes=args.fold_classes,
+    )
     benchmark = benchmark_class(args.datapath, args.fold, options)
     config = _method_config(method_class, benchmark, args, checkpoint_metadata)
     img_size = args.img_size or protocol.img_size(benchmark)
@@ -261,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except FsbenchError as error:
-        print(f"fsbench: error: {error}", file=sys.stderr)
+        print(f"fsbench: error: {one_line(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("fsbench: interrupted", file=sys.stderr)
