@@ -104,7 +104,7 @@ def coco_annotations_for_image(image_id: int, index: int, height: int, width: in
     categories = COCO_CATEGORY_IDS
     first = categories[(2 * index) % 80]
     second = categories[(2 * index + 1) % 80]
-    third = categories[(2 * index + 7) % 80]
+    third = categories[(3 * index + 7) % 80]
     annotations = []
 
     def add(category: int, segmentation, iscrowd: int = 0) -> None:
