@@ -174,13 +174,14 @@ def test_corrupt_image_is_a_one_line_error_at_load(tmp_path):
 
 def test_cli_end_to_end_and_bad_input(voc, tmp_path, capsys):
     datapath, _ = voc
-    code = main(["--benchmark", "pascal", "--datapath", str(datapath), "--fold", "0", "--backbone", "resnet18",
+    code = main(["--benchmark", "pascal", "--protocol", "pfenet", "--datapath", str(datapath), "--fold", "0", "--backbone", "resnet18",
                  "--pretrained", "false", "--train-steps", "0", "--episodes", "2", "--img-size", "64", "--nworker", "0",
                  "--no-progress", "--logpath", str(tmp_path / "run")])
     assert code == 0
     results = json.loads((tmp_path / "run/results.json").read_text())
     info = results["benchmark_info"]
-    assert results["protocol"] == "hsnet" and results["eval_resolution"] == "64x64"
+    assert results["protocol"] == "pfenet" and results["eval_resolution"] == "original"
+    assert info["protocol"] == "pfenet" and results["episodes"] == 2
     assert info["lists"].startswith("built from masks") and len(info["list_fingerprint"]) == 16
     capsys.readouterr()
     assert main(["--benchmark", "pascal", "--datapath", str(tmp_path / "nowhere"), "--no-progress"]) == 1
