@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from torch import Tensor
 
 from benchmarks import coco_index

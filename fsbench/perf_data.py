@@ -101,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=40)
     parser.add_argument("--img-size", type=int, default=400)
     parser.add_argument("--annotations-per-image", type=float, default=7.3)
+    parser.add_argument("--threads", type=int, help="torch intra-op threads of the main process (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.what == "_coco-child":
         _child_build(args.workdir)
         return 0
