@@ -169,3 +169,16 @@ def test_n_way_probabilities_come_from_independent_learners():
                                                 support_masks=_episode(way=3).support_masks[1:2], class_ids=torch.tensor([2]),
                                                 query_presence=torch.ones(1, 1, dtype=torch.bool)))
     assert torch.allclose(single.fg_probs[:, 0], prediction.fg_probs[:, 1], atol=1e-5)
+
+
+def test_test_time_adaptation_works_under_the_evaluators_inference_mode():
+    method = _method()
+    episode = _episode()
+    expected = method.predict(episode)
+    with torch.inference_mode():
+        # Inference tensors, as episode.to(cuda) makes them inside the evaluation loop.
+        inference_episode = dataclasses.replace(episode, support_images=episode.support_images.clone(),
+                                                support_masks=episode.support_masks.clone(), query_images=episode.query_images.clone())
+        assert inference_episode.support_masks.is_inference()
+        prediction = method.predict(inference_episode)
+    assert torch.equal(prediction.fg_probs, expected.fg_probs)
