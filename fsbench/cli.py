@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--nworker", type=int, default=2, help="data loader workers")
     run.add_argument("--logpath", type=Path, help="run folder to create (default: a new folder under logs/)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    # --- reporting (issue 5): renders, paper tables ---
+    report = parser.add_argument_group("reporting")
+    report.add_argument("--vis", type=int, nargs="?", const=-1, metavar="N",
+                        help="render the first N episodes (all without N) into the run's vis/ folder")
+    report.add_argument("--table", nargs="+", metavar="RUN", help="print a table of finished runs (folders or globs) and exit")
+    report.add_argument("--format", default="markdown", choices=("markdown", "latex", "csv"), help="table format (default markdown)")
     return parser
 
 
@@ -149,6 +156,8 @@ def run(args) -> dict:
         raise FsbenchError("--eval needs --load CHECKPOINT (or drop --eval to train first)")
     if args.nworker < 0:
         raise FsbenchError(f"--nworker must be at least 0, got {args.nworker}")
+    if args.vis is not None and (args.vis == 0 or args.vis < -1):
+        raise FsbenchError(f"--vis N needs N of at least 1 (or no N for every episode), got {args.vis}")
 
     # Everything that can fail on bad input is checked before the run folder is created.
     checkpoint_metadata = read_metadata(args.load) if args.load is not None else None
@@ -234,6 +243,10 @@ def run(args) -> dict:
     evaluation = EvaluationSettings(
         device=device, nworker=args.nworker, batch_size=1, original_size=original_size, progress=not args.no_progress
     )
+    if args.vis is not None:  # reporting: renders of the first N episodes
+        from fsbench.vis import EpisodeRenderer
+
+        evaluation.on_episode = EpisodeRenderer(run_dir / "vis", benchmark.class_names, None if args.vis == -1 else args.vis)
     scores = evaluate(method, sampler, evaluation, benchmark.class_names, run_dir=run_dir)
     results = {
         "method": args.method,
@@ -261,21 +274,21 @@ def run(args) -> dict:
         "benchmark_info": benchmark.describe(),
     }
     write_json(run_dir / "results.json", results)
-    print_summary(results)
+    # reporting: the run's own row, in the format --table would print it
+    from fsbench.tables import format_run_row
+
+    print(format_run_row(results, args.format, run_dir / "episodes.csv"))
     return results
-
-
-def print_summary(results: dict) -> None:
-    from tabulate import tabulate
-
-    row = [[results["method"], results["backbone"], results["benchmark"], results["fold"], f"{results['way']}-way {results['shot']}-shot",
-            f"{results['miou']:.1f}", f"{results['fbiou']:.1f}", f"{results['er']:.1f}"]]
-    print(tabulate(row, headers=["method", "backbone", "benchmark", "fold", "setting", "mIoU", "FB-IoU", "ER"], tablefmt="github"))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.table:  # reporting: tables of finished runs; nothing is trained or evaluated
+            from fsbench.tables import main_table
+
+            print(main_table(args.table, args.format), end="")
+            return 0
         run(args)
     except FsbenchError as error:
         print(f"fsbench: error: {one_line(error)}", file=sys.stderr)

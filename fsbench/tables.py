@@ -1,0 +1,330 @@
+"""Runs -> paper tables: cells (mean over a cell's runs, fold mean, bootstrap interval), comparisons
+between rows evaluated on the same episodes, and the entry points the CLI calls.
+
+Layout: one table per metric and setting (benchmark, task, protocol, evaluation resolution); rows are
+method (+ backbone); columns are each fold and the arithmetic mean of the folds, grouped by way/shot.
+Rendering to markdown / LaTeX / CSV lives in fsbench/table_formats.py.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fsbench.bootstrap import (  # noqa: F401  (bootstrap_interval and paired_test are part of this module's API)
+    METRICS,
+    TESTS,
+    bootstrap_interval,
+    bootstrap_replicates_all,
+    episode_scores,
+    interval_from_replicates,
+    paired_bootstrap_p_value,
+    paired_test,
+    wilcoxon_p_value,
+)
+from fsbench.errors import FsbenchError
+from fsbench.run_records import check_results, collect_runs, read_episode_counts  # noqa: F401  (collect_runs: API)
+
+SETTING_KEYS = ("benchmark", "task", "protocol", "eval_resolution")
+FORMATS = ("markdown", "latex", "csv")
+SIGNIFICANCE_LEVEL = 0.05
+
+RowKey = tuple  # (method, backbone, train_steps or None)
+
+
+@dataclass
+class Cell:
+    """One number of a table and everything needed to compare it with its column's other cells."""
+
+    value: float
+    run_dirs: list[str]
+    seeds: tuple[int, ...]
+    # Identifies the episodes behind the cell; two cells are comparable only when these are equal.
+    fingerprints: tuple
+    interval: tuple[float, float] | None = None
+    replicates: np.ndarray | None = None  # [resamples] bootstrap replicates of ``value``
+    scores: np.ndarray | None = None  # per-episode scores, for the Wilcoxon test
+    best: bool = False
+    significant: bool = False
+    # Against the column's best row; for the best row itself, its largest p against any other row.
+    p_value: float | None = None
+    episode_set: str = ""  # a letter when the column mixes episode sets, else ""
+
+
+@dataclass
+class Column:
+    way: int
+    shot: int
+    fold: int | None  # None: the mean of the folds
+    cells: dict = field(default_factory=dict)  # RowKey -> Cell
+    comparable: bool = True
+
+
+@dataclass
+class MetricTable:
+    """One metric for one setting: rows x (way/shot groups x folds + mean)."""
+
+    metric: str
+    setting: dict
+    rows: list
+    row_labels: dict
+    groups: list  # [(way, shot)]
+    columns: list
+    notes: list = field(default_factory=list)  # [(way, shot) or None, text]
+
+
+@dataclass
+class TableOptions:
+    confidence: bool = True  # show bootstrap intervals
+    significance: bool = True  # paired tests between rows on the same episodes
+    resamples: int = 1000
+    level: float = 0.95
+    seed: int = 0
+    test: str = "bootstrap"  # or "wilcoxon"
+    # run folder -> {metric: replicates}: shared by the tables of all metrics, so each run is resampled once.
+    replicate_cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def needs_episodes(self) -> bool:
+        return self.confidence or self.significance
+
+
+def run_bootstrap_seed(seed: int, fingerprint: str) -> list[int]:
+    """The bootstrap seed of one run: the table seed and its episode fingerprint.
+
+    Runs on the same episodes share resamples (so the bootstrap is paired); runs on different
+    episodes - the folds of a mean, the seeds of a cell - are resampled independently.
+    """
+    return [seed, int(hashlib.sha256(fingerprint.encode()).hexdigest()[:16], 16)]
+
+
+UNKNOWN_STEPS = "?"
+
+
+def _steps_of(runs: pd.DataFrame) -> pd.Series:
+    """Each run's training steps, UNKNOWN_STEPS where results.json does not say."""
+    return runs["train_steps"].map(lambda value: UNKNOWN_STEPS if value is None or pd.isna(value) else int(value))
+
+
+def _row_keys(frame: pd.DataFrame) -> tuple[list, dict]:
+    """Rows: (method, backbone), split further by training steps only where one method+backbone has
+    runs with several (e.g. trained and untrained), so such runs are never averaged together."""
+    keys, labels = [], {}
+    for (method, backbone), runs in frame.groupby(["method", "backbone"], sort=True):
+        steps = sorted(set(_steps_of(runs)), key=lambda step: (step == UNKNOWN_STEPS, 0 if step == UNKNOWN_STEPS else step))
+        for step in steps if len(steps) > 1 else [None]:
+            key = (method, backbone, step)
+            keys.append(key)
+            details = [backbone] if backbone else []
+            if step is not None:
+                details.append("steps unknown" if step == UNKNOWN_STEPS else f"{step} steps")
+            labels[key] = f"{method} ({', '.join(details)})" if details else method
+    return keys, labels
+
+
+def _runs_of_row(frame: pd.DataFrame, key: RowKey) -> pd.DataFrame:
+    method, backbone, step = key
+    selected = (frame["method"] == method) & (frame["backbone"] == backbone)
+    if step is not None:
+        selected &= _steps_of(frame) == step
+    return frame[selected]
+
+
+def _fold_cell(runs: pd.DataFrame, metric: str, options: TableOptions, label: str) -> Cell:
+    """Mean over the runs of one row at one fold (several seeds = several episode sets)."""
+    fingerprints = list(runs["episode_fingerprint"])
+    repeated = sorted({print_ for print_ in fingerprints if fingerprints.count(print_) > 1})
+    if repeated:
+        same = runs[runs["episode_fingerprint"] == repeated[0]]["run_dir"].tolist()
+        raise FsbenchError(
+            f"{' and '.join(same)} are two evaluations of {label} on the same episodes; pass only one of them"
+        )
+    runs = runs.sort_values("episode_fingerprint")
+    cell = Cell(
+        value=float(np.mean(runs[metric].to_numpy(dtype=np.float64))),
+        run_dirs=runs["run_dir"].tolist(),
+        seeds=tuple(int(seed) for seed in runs["seed"]),
+        fingerprints=tuple(runs["episode_fingerprint"]),
+    )
+    if options.needs_episodes:
+        replicates = []
+        for run_dir, counts, fingerprint in zip(runs["run_dir"], runs["counts"], runs["episode_fingerprint"]):
+            if run_dir not in options.replicate_cache:
+                seed = run_bootstrap_seed(options.seed, fingerprint)
+                options.replicate_cache[run_dir] = bootstrap_replicates_all(counts, options.resamples, seed)
+            replicates.append(options.replicate_cache[run_dir][metric])
+        cell.replicates = np.mean(replicates, axis=0)
+        cell.scores = np.concatenate([episode_scores(counts, metric) for counts in runs["counts"]])
+        if options.confidence:
+            cell.interval = interval_from_replicates(cell.replicates, options.level)
+    return cell
+
+
+def _mean_cell(fold_cells: dict, folds: list[int], options: TableOptions) -> Cell:
+    """Arithmetic mean of the fold cells; its replicates are the mean of theirs (folds resampled independently)."""
+    cells = [fold_cells[fold] for fold in folds]
+    cell = Cell(
+        value=float(np.mean([item.value for item in cells])),
+        run_dirs=[run for item in cells for run in item.run_dirs],
+        seeds=tuple(seed for item in cells for seed in item.seeds),
+        fingerprints=tuple((fold, fold_cells[fold].fingerprints) for fold in folds),
+    )
+    if options.needs_episodes:
+        cell.replicates = np.mean([item.replicates for item in cells], axis=0)
+        cell.scores = np.concatenate([item.scores for item in cells])
+        if options.confidence:
+            cell.interval = interval_from_replicates(cell.replicates, options.level)
+    return cell
+
+
+def group_label(way: int, shot: int, ways: set) -> str:
+    """"1-shot" when every group of the table is 1-way, else "2-way 1-shot"."""
+    return f"{shot}-shot" if ways == {1} else f"{way}-way {shot}-shot"
+
+
+def _column_name(way: int, shot: int, fold: int | None, ways: set) -> str:
+    return f"{group_label(way, shot, ways)} {'mean' if fold is None else f'fold {fold}'}"
+
+
+def _describe_fingerprints(fingerprints: tuple) -> str:
+    if fingerprints and isinstance(fingerprints[0], tuple):  # a mean column: per-fold sets
+        return "; ".join(f"fold {fold}: {', '.join(print_[:8] for print_ in prints)}" for fold, prints in fingerprints)
+    return ", ".join(print_[:8] for print_ in fingerprints)
+
+
+def _compare(column: Column, table: MetricTable, options: TableOptions, ways: set) -> None:
+    """Mark the best row of a column and test it against the others - only on shared episodes."""
+    cells = column.cells
+    if len(cells) < 2:
+        return
+    name = _column_name(column.way, column.shot, column.fold, ways)
+    episode_sets: dict = {}
+    for key in table.rows:
+        if key in cells:
+            episode_sets.setdefault(cells[key].fingerprints, []).append(key)
+    if len(episode_sets) > 1:
+        column.comparable = False
+        parts = []
+        for letter, (fingerprints, keys) in zip("abcdefghijklmnopqrstuvwxyz", episode_sets.items()):
+            for key in keys:
+                cells[key].episode_set = letter
+            seeds = sorted({seed for key in keys for seed in cells[key].seeds})
+            rows = ", ".join(table.row_labels[key] for key in keys)
+            parts.append(f"({letter}) {rows} [seed {', '.join(map(str, seeds))}; episodes {_describe_fingerprints(fingerprints)}]")
+        table.notes.append(
+            ((column.way, column.shot), f"Not compared, {name}: the rows saw different episodes: {' vs '.join(parts)}.")
+        )
+        return
+    ranked = sorted(cells, key=lambda key: cells[key].value, reverse=True)
+    best = cells[ranked[0]]
+    ties = [key for key in ranked[1:] if cells[key].value == best.value]
+    if len(ties) == len(ranked) - 1:
+        return  # every row scores the same: there is no best to mark
+    for key in ranked[: len(ties) + 1]:
+        cells[key].best = True
+    if not options.significance:
+        return
+    p_values = []
+    for key in ranked[1:]:
+        other = cells[key]
+        if options.test == "bootstrap":
+            other.p_value = paired_bootstrap_p_value(best.replicates, other.replicates)
+        else:
+            other.p_value = wilcoxon_p_value(best.scores, other.scores)
+        p_values.append(other.p_value)
+    best.p_value = max(p_values)
+    best.significant = not ties and best.p_value < SIGNIFICANCE_LEVEL
+
+
+def build_tables(frame: pd.DataFrame, metric: str, options: TableOptions | None = None) -> list[MetricTable]:
+    """The tables of one metric: one per setting, in sorted setting order."""
+    options = options or TableOptions()
+    if options.test not in TESTS:
+        raise FsbenchError(f"unknown significance test {options.test!r}; available: {', '.join(TESTS)}")
+    tables = []
+    for setting_values, setting_runs in frame.groupby(list(SETTING_KEYS), sort=True):
+        setting = dict(zip(SETTING_KEYS, setting_values))
+        rows, labels = _row_keys(setting_runs)
+        groups = sorted({(int(way), int(shot)) for way, shot in zip(setting_runs["way"], setting_runs["shot"])})
+        ways = {way for way, _ in groups}
+        table = MetricTable(metric, setting, rows, labels, groups, columns=[])
+        for way, shot in groups:
+            group_runs = setting_runs[(setting_runs["way"] == way) & (setting_runs["shot"] == shot)]
+            folds = sorted({int(fold) for fold in group_runs["fold"]})
+            fold_columns = {fold: Column(way, shot, fold) for fold in folds}
+            mean_column = Column(way, shot, None)
+            for key in rows:
+                row_runs = _runs_of_row(group_runs, key)
+                fold_cells = {}
+                for fold in folds:
+                    runs = row_runs[row_runs["fold"] == fold]
+                    if len(runs):
+                        label = f"{labels[key]} {_column_name(way, shot, fold, ways)}"
+                        fold_cells[fold] = fold_columns[fold].cells[key] = _fold_cell(runs, metric, options, label)
+                missing = [fold for fold in folds if fold not in fold_cells]
+                if fold_cells and not missing:
+                    mean_column.cells[key] = _mean_cell(fold_cells, folds, options)
+                elif fold_cells:
+                    table.notes.append(((way, shot), f"No {_column_name(way, shot, None, ways)} for {labels[key]}: no run for fold {', '.join(map(str, missing))}."))
+            for column in [*fold_columns.values(), mean_column]:
+                _compare(column, table, options, ways)
+                table.columns.append(column)
+        tables.append(table)
+    return tables
+
+
+def render_table(frame: pd.DataFrame, metric: str, format: str = "markdown", options: TableOptions | None = None) -> str:
+    """One metric's tables for the runs of ``frame`` (from collect_runs) in ``format``."""
+    from fsbench.table_formats import render_tables
+
+    if format not in FORMATS:
+        raise FsbenchError(f"unknown table format {format!r}; available: {', '.join(FORMATS)}")
+    options = options or TableOptions()
+    return render_tables(build_tables(frame, metric, options), format, options)
+
+
+def main_table(
+    patterns: list[str],
+    format: str = "markdown",
+    confidence: bool = True,
+    seed: int = 0,
+    metrics: tuple[str, ...] = METRICS,
+    test: str = "bootstrap",
+    resamples: int = 1000,
+) -> str:
+    """Collect the runs that ``patterns`` name and render every metric's tables (what --table prints)."""
+    from fsbench.table_formats import render_tables
+
+    if format not in FORMATS:
+        raise FsbenchError(f"unknown table format {format!r}; available: {', '.join(FORMATS)}")
+    # Without intervals nothing reads episodes.csv, so there are no paired tests either: a fast, plain table.
+    options = TableOptions(confidence=confidence, significance=confidence, resamples=resamples, seed=seed, test=test)
+    frame = collect_runs(patterns, with_episodes=options.needs_episodes)
+    tables = [table for metric in metrics for table in build_tables(frame, metric, options)]
+    return render_tables(tables, format, options)
+
+
+def format_run_row(results: dict, format: str = "markdown", episodes_csv: Path | None = None) -> str:
+    """One run as a one-row table in ``format``: what an evaluation prints when it ends.
+
+    With ``episodes_csv`` (the run's episodes.csv) the cells carry their bootstrap interval.
+    """
+    from fsbench.table_formats import render_run_row
+
+    if format not in FORMATS:
+        raise FsbenchError(f"unknown table format {format!r}; available: {', '.join(FORMATS)}")
+    results = check_results(results, "evaluation results")
+    counts = read_episode_counts(Path(episodes_csv), results) if episodes_csv is not None else None
+    options = TableOptions(confidence=counts is not None, significance=False)
+    frame = pd.DataFrame.from_records([{
+        **{key: results.get(key) for key in ("method", "backbone", *SETTING_KEYS, "fold", "way", "shot", "seed", "miou", "fbiou", "er")},
+        "run_dir": str(episodes_csv.parent) if episodes_csv is not None else "",
+        "episode_fingerprint": results["episode_fingerprint"],
+        "train_steps": None,
+        "counts": counts,
+    }])
+    tables = [build_tables(frame, metric, options)[0] for metric in METRICS]
+    return render_run_row(tables, format, options)
