@@ -196,9 +196,10 @@ def run(args) -> dict:
         method.load_state_dict(state)
 
     run_dir = new_run_dir(args, PROJECT_ROOT / "logs")
-    settings_record = {
-        "argv": sys.argv[1:],
+    # What identifies the run; written into both config.json and results.json.
+    identity = {
         "method": args.method,
+        "backbone": config.backbone,
         "benchmark": args.benchmark,
         "fold": args.fold,
         "way": args.way,
@@ -207,6 +208,10 @@ def run(args) -> dict:
         "task": task,
         "seed": args.seed,
         "protocol": protocol.name,
+    }
+    settings_record = {
+        "argv": sys.argv[1:],
+        **identity,
         "img_size": img_size,
         "train_steps": train_steps,
         "device": str(device),
@@ -249,22 +254,13 @@ def run(args) -> dict:
         evaluation.on_episode = EpisodeRenderer(run_dir / "vis", benchmark.class_names, None if args.vis == -1 else args.vis)
     scores = evaluate(method, sampler, evaluation, benchmark.class_names, run_dir=run_dir)
     results = {
-        "method": args.method,
-        "backbone": config.backbone,
-        "benchmark": args.benchmark,
-        "fold": args.fold,
-        "way": args.way,
-        "shot": args.shot,
-        "queries": args.queries,
-        "task": task,
+        **identity,
         "episodes": len(sampler),
-        "seed": args.seed,
         "episode_fingerprint": sampler.fingerprint(),
         "miou": scores["miou"],
         "fbiou": scores["fbiou"],
         "er": scores["er"],
         "class_iou": scores["class_iou"],
-        "protocol": protocol.name,
         "eval_resolution": "original" if original_size else f"{img_size}x{img_size}",
         "checkpoint": checkpoint,
         "train_steps": train_steps,
