@@ -22,6 +22,13 @@ class BenchmarkOptions:
     protocol: str = "hsnet"
     split_dir: Path | None = None
     class_split: str = "interleaved"
+    # Skip image/mask pairs found broken while indexing (and report how many) instead of stopping.
+    skip_bad: bool = False
+    # coco_json: the on-disk layout ("auto", "separate_json", "unified", "separate"), the number of
+    # folds over the categories, or explicit novel-class lists (one list of category ids per fold).
+    layout: str = "auto"
+    folds: int | None = None
+    fold_classes: list[list[int]] | None = None
 
 
 class Benchmark(ABC):
@@ -38,6 +45,9 @@ class Benchmark(ABC):
     default_episodes: int = 1000
     # True for the embedded synthetic data: methods then use their quick (CPU-friendly) profile.
     quick: bool = False
+    # Per protocol name, defaults that differ from the ones above, e.g. {"pfenet": {"episodes": 5000,
+    # "img_size": 473}}: how a benchmark states a paper's settings without the core naming it.
+    protocol_defaults: dict[str, dict[str, int]] = {}
 
     def __init__(self, datapath: Path, fold: int, options: BenchmarkOptions | None = None):
         if not 0 <= fold < self.num_folds:

@@ -72,3 +72,93 @@ def load_imagenet_weights(module: nn.Module, architecture: str) -> None:
     if missing:
         raise FsbenchError(f"ImageNet weights for {architecture} do not fit the backbone (missing {missing[:3]})")
     module.load_state_dict(usable)
+
+
+# --- dilated feature extractors (prototype methods: PANet) -----------------------------------------
+FEATURE_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "vgg16")
+OUTPUT_STRIDE = 8
+
+
+class FeatureExtractor(nn.Module):
+    """A dilated ImageNet backbone that maps images to features at 1/8 of their size.
+
+    - vgg16 (PANet's): conv1-conv5 with pool4 at stride 1, conv5 dilated by 2, no pool5 and no ReLU
+      after conv5_3 (PANet's encoder: features may be negative, which suits cosine similarity).
+    - resnet50 / resnet101: layer4 output, layer3 and layer4 dilated (2, 4) instead of strided - the
+      DeepLab layout PANet-ResNet, PFENet and HSNet use.
+    - resnet18 / resnet34: their basic blocks stop at layer3 (dilated by 2): layer4 at stride 8 would
+      cost more than the rest of the network, and these small backbones are for CPU demos.
+
+    Input [B, 3, H, W] normalised images; output [B, channels, ceil(H/8), ceil(W/8)].
+    """
+
+    def __init__(self, architecture: str, pretrained: bool):
+        super().__init__()
+        if architecture not in FEATURE_BACKBONES:
+            raise FsbenchError(f"unknown backbone {architecture!r}; available: {', '.join(FEATURE_BACKBONES)}")
+        self.architecture = architecture
+        if architecture == "vgg16":
+            self.body, self.channels = _vgg16_body(pretrained), 512
+        else:
+            self.body, self.channels = _resnet_body(architecture, pretrained)
+
+    def forward(self, images: Tensor) -> Tensor:
+        if self.architecture == "vgg16":
+            return self.body(images)
+        body = self.body
+        features = body.maxpool(body.relu(body.bn1(body.conv1(images))))
+        features = body.layer3(body.layer2(body.layer1(features)))
+        return body.layer4(features) if hasattr(body, "layer4") else features
+
+
+class _VGGFeatures(nn.Module):
+    """Holds torchvision's VGG-16 conv layers under the key prefix its weight file uses ("features.")."""
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models.vgg import cfgs, make_layers
+
+        self.features = make_layers(cfgs["D"], batch_norm=False)
+
+
+def _vgg16_body(pretrained: bool) -> nn.Sequential:
+    holder = _VGGFeatures()  # the conv layers only: the 120M-parameter classifier is never built
+    if pretrained:
+        load_imagenet_weights(holder, "vgg16")
+    layers = list(holder.features.children())
+    # torchvision's indices: max pools at 4, 9, 16, 23, 30; conv5_1..3 at 24, 26, 28 (ReLUs after).
+    layers[23] = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
+    for index in (24, 26, 28):
+        layers[index].dilation, layers[index].padding = (2, 2), (2, 2)
+    return nn.Sequential(*layers[:29])  # drops the ReLU after conv5_3 and pool5
+
+
+def _resnet_body(architecture: str, pretrained: bool) -> tuple[nn.Module, int]:
+    import torchvision
+
+    builder = getattr(torchvision.models, architecture)
+    bottleneck = architecture not in ("resnet18", "resnet34")
+    # Dilation does not change any weight's shape, so ImageNet weights load into either layout.
+    body = builder(weights=None, replace_stride_with_dilation=[False, True, True]) if bottleneck else builder(weights=None)
+    if pretrained:
+        load_imagenet_weights(body, architecture)
+    del body.fc, body.avgpool
+    if bottleneck:
+        return body, body.layer4[-1].conv3.out_channels
+    del body.layer4
+    _dilate_basic_layer(body.layer3, dilation=2)
+    return body, body.layer3[-1].conv2.out_channels
+
+
+def _dilate_basic_layer(layer: nn.Sequential, dilation: int) -> None:
+    """Turn a strided layer of BasicBlocks into a dilated one, as torchvision does for Bottlenecks:
+    the first conv keeps dilation 1 at stride 1, every later 3x3 conv gets ``dilation``."""
+    first = layer[0]
+    first.conv1.stride = (1, 1)
+    if first.downsample is not None:
+        first.downsample[0].stride = (1, 1)
+    for block_index, block in enumerate(layer):
+        for conv in (block.conv1, block.conv2):
+            if block_index == 0 and conv is block.conv1:
+                continue
+            conv.dilation, conv.padding = (dilation, dilation), (dilation, dilation)

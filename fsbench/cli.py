@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from fsbench import __version__
-from fsbench.errors import FsbenchError
+from fsbench.errors import FsbenchError, one_line
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +34,16 @@ def _boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _fold_classes(text: str) -> list[list[int]]:
+    try:
+        folds = [[int(value) for value in part.split(",") if value.strip()] for part in text.split(";")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected class ids like "1,2;3,4", got {text!r}') from None
+    if not all(folds):
+        raise argparse.ArgumentTypeError(f"every fold needs at least one class id, got {text!r}")
+    return folds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="main.py", description="fsbench: train and evaluate few-shot segmentation methods on episodes.")
     what = parser.add_argument_group("what to run")
@@ -51,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--split-dir", type=Path, help="folder of standard split lists, where a benchmark reads them")
     what.add_argument("--class-split", default="interleaved", help="COCO-20i class split: interleaved (default) or contiguous")
     what.add_argument("--use_original_imgsize", action="store_true", help="score at each query's original size")
+    what.add_argument("--skip-bad", action="store_true", help="skip image/mask pairs found broken while indexing (the count is reported)")
+    what.add_argument("--layout", default="auto", help="coco_json layout: auto, separate_json, unified or separate")
+    what.add_argument("--folds", type=int, help="coco_json: number of folds over the categories (default 4)")
+    what.add_argument("--fold-classes", type=_fold_classes, help='coco_json: novel class ids per fold, e.g. "1,2;3,4"')
 
     model = parser.add_argument_group("method settings (unset = the method's default)")
     model.add_argument("--backbone")
@@ -149,10 +163,13 @@ def run(args) -> dict:
     checkpoint_metadata = read_metadata(args.load) if args.load is not None else None
     if checkpoint_metadata is not None and checkpoint_metadata.get("method") != args.method:
         raise FsbenchError(f"checkpoint {args.load} was made for method {checkpoint_metadata.get('method')!r}, not {args.method!r}")
-    options = BenchmarkOptions(protocol=protocol.name, split_dir=args.split_dir, class_split=args.class_split)
+    options = BenchmarkOptions(
+        protocol=protocol.name, split_dir=args.split_dir, class_split=args.class_split, skip_bad=args.skip_bad,
+        layout=args.layout, folds=args.folds, fold_classes=args.fold_classes,
+    )
     benchmark = benchmark_class(args.datapath, args.fold, options)
     config = _method_config(method_class, benchmark, args, checkpoint_metadata)
-    img_size = args.img_size or benchmark.default_img_size
+    img_size = args.img_size or protocol.img_size(benchmark)
     transform = protocol.make_transform(img_size)
     task = args.task or ("fss" if args.way == 1 else "fscs")
     original_size = args.use_original_imgsize or protocol.score_original_size
@@ -179,9 +196,10 @@ def run(args) -> dict:
         method.load_state_dict(state)
 
     run_dir = new_run_dir(args, PROJECT_ROOT / "logs")
-    settings_record = {
-        "argv": sys.argv[1:],
+    # What identifies the run; written into both config.json and results.json.
+    identity = {
         "method": args.method,
+        "backbone": config.backbone,
         "benchmark": args.benchmark,
         "fold": args.fold,
         "way": args.way,
@@ -190,6 +208,10 @@ def run(args) -> dict:
         "task": task,
         "seed": args.seed,
         "protocol": protocol.name,
+    }
+    settings_record = {
+        "argv": sys.argv[1:],
+        **identity,
         "img_size": img_size,
         "train_steps": train_steps,
         "device": str(device),
@@ -232,22 +254,13 @@ def run(args) -> dict:
         evaluation.on_episode = EpisodeRenderer(run_dir / "vis", benchmark.class_names, None if args.vis == -1 else args.vis)
     scores = evaluate(method, sampler, evaluation, benchmark.class_names, run_dir=run_dir)
     results = {
-        "method": args.method,
-        "backbone": config.backbone,
-        "benchmark": args.benchmark,
-        "fold": args.fold,
-        "way": args.way,
-        "shot": args.shot,
-        "queries": args.queries,
-        "task": task,
+        **identity,
         "episodes": len(sampler),
-        "seed": args.seed,
         "episode_fingerprint": sampler.fingerprint(),
         "miou": scores["miou"],
         "fbiou": scores["fbiou"],
         "er": scores["er"],
         "class_iou": scores["class_iou"],
-        "protocol": protocol.name,
         "eval_resolution": "original" if original_size else f"{img_size}x{img_size}",
         "checkpoint": checkpoint,
         "train_steps": train_steps,
@@ -274,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         run(args)
     except FsbenchError as error:
-        print(f"fsbench: error: {error}", file=sys.stderr)
+        print(f"fsbench: error: {one_line(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("fsbench: interrupted", file=sys.stderr)

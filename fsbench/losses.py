@@ -1,9 +1,14 @@
-"""Training losses shared by methods."""
+"""Training losses shared by methods: Proxy-Anchor (metric learning) and the segmentation losses."""
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from fsbench.episode import IGNORE_INDEX
+from fsbench.errors import FsbenchError
 
 
 def proxy_anchor_loss(embeddings: Tensor, labels: Tensor, proxies: Tensor, alpha: float = 32.0, delta: float = 0.1) -> Tensor:
@@ -30,3 +35,105 @@ def proxy_anchor_loss(embeddings: Tensor, labels: Tensor, proxies: Tensor, alpha
     positive_loss = positive_terms[with_positives].sum() / with_positives.sum().clamp(min=1)
     negative_loss = negative_terms.sum() / proxies.shape[0]
     return positive_loss + negative_loss
+
+
+# --- segmentation losses --------------------------------------------------------------------------
+# Each takes logits [B, C, H, W] (C = classes, background included) and labels [B, H, W] int64 in
+# 0..C-1 with IGNORE_INDEX (255) = ignore, and returns a scalar. Pixels labelled 255 contribute
+# nothing; a batch without any valid pixel gives 0 (not NaN), so an all-ignore support cannot poison
+# a training run.
+
+
+def _valid_pixels(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(log-probabilities [P, C], labels [P]) of the non-ignored pixels."""
+    classes = logits.shape[1]
+    log_probs = F.log_softmax(logits.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, classes)
+    flat_labels = labels.reshape(-1)
+    valid = flat_labels != IGNORE_INDEX
+    return log_probs[valid], flat_labels[valid]
+
+
+def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean pixel cross-entropy over the valid pixels: -mean log softmax(logits)[label]."""
+    log_probs, valid_labels = _valid_pixels(logits, labels)
+    if valid_labels.numel() == 0:
+        return logits.sum() * 0.0
+    return F.nll_loss(log_probs, valid_labels)
+
+
+def dice(logits: Tensor, labels: Tensor, smooth: float = 1.0) -> Tensor:
+    """Soft multi-class Dice loss: 1 - mean over the C classes of (2 sum p g + s) / (sum p + sum g + s).
+
+    p is the softmax probability and g the one-hot label of a class, summed over every valid pixel of
+    the batch; s = ``smooth`` keeps a class absent from both prediction and labels at Dice 1.
+    """
+    log_probs, valid_labels = _valid_pixels(logits, labels)
+    probs = log_probs.exp()  # [P, C]
+    one_hot = F.one_hot(valid_labels, num_classes=logits.shape[1]).to(probs.dtype)
+    intersection = (probs * one_hot).sum(dim=0)
+    total = probs.sum(dim=0) + one_hot.sum(dim=0)
+    return 1.0 - ((2.0 * intersection + smooth) / (total + smooth)).mean()
+
+
+def ce_dice(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy plus Dice, unweighted."""
+    return cross_entropy(logits, labels) + dice(logits, labels)
+
+
+def focal(logits: Tensor, labels: Tensor, gamma: float = 2.0) -> Tensor:
+    """Focal loss (Lin et al., ICCV 2017) without class weighting: mean of -(1 - p_t)^gamma log p_t."""
+    log_probs, valid_labels = _valid_pixels(logits, labels)
+    if valid_labels.numel() == 0:
+        return logits.sum() * 0.0
+    log_true = log_probs.gather(1, valid_labels.unsqueeze(1)).squeeze(1)
+    return (-((1.0 - log_true.exp()) ** gamma) * log_true).mean()
+
+
+def _lovasz_gradient(sorted_truth: Tensor) -> Tensor:
+    """Gradient of the Lovasz extension of the Jaccard loss at errors sorted in decreasing order.
+
+    sorted_truth: [P] float in {0, 1}, the ground truth in that order. Returns [P].
+    """
+    positives = sorted_truth.sum()
+    intersection = positives - sorted_truth.cumsum(0)
+    union = positives + (1.0 - sorted_truth).cumsum(0)
+    jaccard = 1.0 - intersection / union
+    jaccard[1:] = jaccard[1:] - jaccard[:-1].clone()
+    return jaccard
+
+
+def lovasz_softmax(logits: Tensor, labels: Tensor) -> Tensor:
+    """Lovasz-softmax loss (Berman et al., CVPR 2018), over the batch's pixels together.
+
+    For each class present in the labels: sort the errors |g_c - p_c| in decreasing order and take
+    their dot product with the Lovasz gradient of the Jaccard loss; the loss is the mean over those
+    classes (the reference implementation's classes="present", per_image=False). With hard 0/1
+    probabilities it equals 1 - IoU averaged over the present classes.
+    """
+    log_probs, valid_labels = _valid_pixels(logits, labels)
+    probs = log_probs.exp()
+    losses = []
+    for class_index in valid_labels.unique().tolist():
+        truth = (valid_labels == class_index).to(probs.dtype)
+        errors = (truth - probs[:, class_index]).abs()
+        sorted_errors, order = errors.sort(descending=True)
+        losses.append(sorted_errors @ _lovasz_gradient(truth[order]))
+    if not losses:
+        return logits.sum() * 0.0
+    return torch.stack(losses).mean()
+
+
+SEGMENTATION_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "ce": cross_entropy,
+    "dice": dice,
+    "ce_dice": ce_dice,
+    "focal": focal,
+    "lovasz": lovasz_softmax,
+}
+
+
+def segmentation_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """The segmentation loss called ``name`` (the --loss value); an unknown name lists the options."""
+    if name not in SEGMENTATION_LOSSES:
+        raise FsbenchError(f"unknown loss {name!r}; available: {', '.join(SEGMENTATION_LOSSES)}")
+    return SEGMENTATION_LOSSES[name]

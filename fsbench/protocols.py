@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from fsbench.errors import FsbenchError
-from fsbench.transforms import SquashResize
+from fsbench.transforms import AspectResizePad, SquashResize
 
 
 @dataclass(frozen=True)
@@ -23,13 +23,20 @@ class Protocol:
     score_original_size: bool = False
 
     def episodes(self, benchmark) -> int:
-        """Default episode count for ``benchmark`` under this protocol."""
-        return benchmark.default_episodes
+        """Default episode count for ``benchmark`` under this protocol (its paper's, when it states one)."""
+        return benchmark.protocol_defaults.get(self.name, {}).get("episodes", benchmark.default_episodes)
+
+    def img_size(self, benchmark) -> int:
+        """Default input size for ``benchmark`` under this protocol."""
+        return benchmark.protocol_defaults.get(self.name, {}).get("img_size", benchmark.default_img_size)
 
 
 PROTOCOLS: dict[str, Protocol] = {
     # HSNet / iFSL: squash to img_size x img_size, score at img_size unless --use_original_imgsize.
     "hsnet": Protocol("hsnet", SquashResize, score_original_size=False),
+    # PFENet: aspect-preserving resize + padding, scored on the original-size label; benchmarks state
+    # PFENet's episode counts and sizes in protocol_defaults (Pascal 5000 at 473, COCO 20000 at 641).
+    "pfenet": Protocol("pfenet", AspectResizePad, score_original_size=True),
 }
 
 

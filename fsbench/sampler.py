@@ -167,7 +167,10 @@ class EpisodeSampler(Dataset):
             original_sizes.append(tuple(original_label.shape))
             presence.append(torch.isin(class_tensor, original_label.unique()))
             if self.keep_original:
-                original_masks.append(way_mask(original_label, class_tensor))
+                # A padding transform (PFENet) scores on its own original-size canvas.
+                scoring_label = getattr(self.transform, "scoring_label", None)
+                target = scoring_label(original_label) if scoring_label is not None else original_label
+                original_masks.append(way_mask(target, class_tensor))
             image, label = self.transform(image, original_label)
             query_images.append(image)
             query_masks.append(way_mask(label, class_tensor))

@@ -11,6 +11,7 @@ from fsbench.errors import FsbenchError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IGNORE_LABEL = 255
 
 
 def read_image(path: Path) -> Tensor:
@@ -61,6 +62,45 @@ class SquashResize:
         image = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)[0]
         label = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
         return normalise(image), label
+
+
+class AspectResizePad:
+    """PFENet preprocessing: the longer side to ``size``, aspect kept, padded to size x size.
+
+    As PFENet's test_Resize: the shorter side is rounded down to a multiple of 8, the image sits in
+    the top-left corner, padding is black before normalisation and 255 (ignore) in the label.
+    Bilinear without antialiasing for the image (cv2.INTER_LINEAR), nearest for the label.
+    Call with image [3, H, W] uint8 and label [H, W] int64; returns [3, S, S] float and [S, S] int64.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def resized_shape(self, height: int, width: int) -> tuple[int, int]:
+        """(new height, new width) of the image content inside the padded square (PFENet's find_new_hw)."""
+        if height >= width:
+            return self.size, max(8, int(width * self.size / height) // 8 * 8)
+        return max(8, int(height * self.size / width) // 8 * 8), self.size
+
+    def __call__(self, image: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
+        new_height, new_width = self.resized_shape(*label.shape[-2:])
+        content = F.interpolate(image.float().unsqueeze(0) / 255.0, size=(new_height, new_width), mode="bilinear", align_corners=False)[0]
+        padded_image = torch.zeros(3, self.size, self.size, dtype=content.dtype)
+        padded_image[:, :new_height, :new_width] = content
+        resized_label = F.interpolate(label[None, None].float(), size=(new_height, new_width), mode="nearest")[0, 0].long()
+        padded_label = torch.full((self.size, self.size), IGNORE_LABEL, dtype=torch.int64)
+        padded_label[:new_height, :new_width] = resized_label
+        return normalise(padded_image), padded_label
+
+    def scoring_label(self, label: Tensor) -> Tensor:
+        """The original-size target PFENet scores on: the label in the top-left corner of a square of
+        side max(H, W), the rest ignore. [H, W] -> [L, L]; the padded prediction resized to L x L
+        lines up with it."""
+        height, width = label.shape[-2:]
+        side = max(height, width)
+        canvas = torch.full((side, side), IGNORE_LABEL, dtype=label.dtype)
+        canvas[:height, :width] = label
+        return canvas
 
 
 def normalise(image: Tensor) -> Tensor:

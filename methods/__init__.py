@@ -1,2 +1,4 @@
 """Few-shot segmentation methods; importing this package registers each one in fsbench.registry.METHODS."""
 from methods import dml_knn  # noqa: F401  (registers "dml_knn")
+from methods import panet  # noqa: F401  (registers "panet")
+from methods import mtl_unet  # noqa: F401  (registers "mtl_unet")

@@ -1,0 +1,257 @@
+"""mtl_unet: a U-Net adapted to each episode by meta-transfer learning.
+
+Sun, Liu, Chua, Schiele, "Meta-Transfer Learning for Few-Shot Learning", CVPR 2019, applied to
+segmentation with a U-Net (Ronneberger, Fischer, Brox, MICCAI 2015; here smp's ResNet-encoder U-Net).
+1. Pre-training: the U-Net learns dense labels of the fold's base classes (plain image batches).
+2. Meta-transfer learning: every encoder and decoder conv is frozen and gets a per-filter scale
+   (init 1) and shift (init 0); a small base learner (a 1x1 conv on the decoder's output, background
+   vs foreground, like MTL's fully connected classifier) is adapted on each episode's support by gradient descent (20 steps, lr 0.01); the
+   adapted learner's loss on the query trains the scales, shifts and the learner's initialisation.
+   First-order: the inner loop's steps are constants for the outer gradient.
+3. Test: the same adaptation on the support, then the adapted learner segments the query.
+
+N-way: each way gets its own base learner, adapted on that way's support masks from the shared
+initialisation; way n's foreground probability is its learner's softmax foreground share and its
+presence score the largest such share over the query's pixels.
+
+train_steps is the whole budget: the first ``pretrain_share`` of it pre-trains (batches of
+``batch_size`` images), the rest meta-trains (one episode per step).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fsbench.backbones import load_imagenet_weights
+from fsbench.episode import IGNORE_INDEX, Episode, Prediction
+from fsbench.losses import segmentation_loss
+from fsbench.registry import METHODS
+from fsbench.train import BaseClassImages, TrainSettings, train_episodic, train_supervised
+from methods.base import Method, MethodConfig
+from methods.scale_shift import ScaleShift
+
+
+@dataclass
+class MTLUNetConfig(MethodConfig):
+    """Defaults: MTL's inner loop (20 steps, lr 0.01, Adam lr 1e-3 outside); QUICK is the CPU demo."""
+
+    backbone: str = "resnet101"
+    pretrained: bool = True
+    # smp's U-Net decoder widths, deepest first; the base learner reads the last one.
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+    lr: float = 1e-3  # meta-training (scales, shifts, base-learner initialisation)
+    pretrain_lr: float = 1e-3
+    batch_size: int = 8  # pre-training images per step
+    train_steps: int = 20000
+    pretrain_share: float = 0.5
+    inner_steps: int = 20
+    inner_lr: float = 0.01
+    # 1: a per-pixel linear classifier, the analogue of MTL's single fully connected base learner.
+    base_learner_kernel: int = 1
+    loss: str = "ce_dice"
+
+    QUICK = {
+        "backbone": "resnet18",
+        "pretrained": False,
+        "decoder_channels": (128, 64, 32, 16, 16),
+        "train_steps": 400,
+    }
+
+
+class BaseLearner(nn.Module):
+    """The meta-learned initialisation of the per-episode learner: a conv, decoder features -> 2
+    logits (background, foreground). weight [2, C, k, k], bias [2]."""
+
+    def __init__(self, channels: int, kernel: int):
+        super().__init__()
+        conv = nn.Conv2d(channels, 2, kernel_size=kernel, padding=kernel // 2)
+        self.weight = nn.Parameter(conv.weight.detach().clone())
+        self.bias = nn.Parameter(conv.bias.detach().clone())
+
+
+def pad_to_multiple(images: Tensor, multiple: int = 32) -> Tensor:
+    """Zero-pad [B, 3, H, W] at the bottom/right to sizes divisible by ``multiple`` (a U-Net's five
+    poolings need it, e.g. at HSNet's 400x400); callers crop the output back to H x W."""
+    height, width = images.shape[-2:]
+    return F.pad(images, (0, -width % multiple, 0, -height % multiple))
+
+
+def base_learner_logits(features: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """[B, C, H, W] decoder features -> [B, 2, H, W] logits of a learner (weight, bias)."""
+    return F.conv2d(features, weight, bias, padding=weight.shape[-1] // 2)
+
+
+@METHODS.register("mtl_unet")
+class MTLUNet(Method):
+    Config = MTLUNetConfig
+
+    def __init__(self, config: MTLUNetConfig, device: torch.device | str = "cpu"):
+        super().__init__(config, device)
+        import segmentation_models_pytorch as smp
+
+        self.loss_function = segmentation_loss(config.loss)
+        # Two output classes until pre-training (or a checkpoint) says how many base classes there are.
+        self.network = smp.Unet(
+            encoder_name=config.backbone,
+            encoder_weights=None,
+            decoder_channels=tuple(config.decoder_channels),
+            classes=2,
+            activation=None,
+        )
+        if config.pretrained:
+            load_imagenet_weights(self.network.encoder, config.backbone)
+        # The pre-training head has the base learner's kernel, so it can initialise the learner.
+        self._resize_pretraining_head(2)
+        self.scale_shift = ScaleShift(self.network, prefixes=("encoder.", "decoder."))
+        self.base_learner = BaseLearner(config.decoder_channels[-1], config.base_learner_kernel)
+        self.meta_optimizer: torch.optim.Optimizer | None = None
+        self.to(self.device)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"network": self.network, "scale_shift": self.scale_shift, "base_learner": self.base_learner}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        key = "network.segmentation_head.0.weight"
+        if key in state:
+            self._resize_pretraining_head(state[key].shape[0])
+        super().load_state_dict(state)
+
+    def _resize_pretraining_head(self, classes: int) -> None:
+        from segmentation_models_pytorch.base import SegmentationHead
+
+        head = self.network.segmentation_head[0]
+        kernel = self.config.base_learner_kernel
+        if head.out_channels != classes or head.kernel_size[0] != kernel:
+            replacement = SegmentationHead(head.in_channels, classes, kernel_size=kernel)
+            self.network.segmentation_head = replacement.to(head.weight.device)
+
+    # --- the meta model ---------------------------------------------------------------------------
+    def meta_features(self, images: Tensor) -> Tensor:
+        """[B, 3, H, W] -> [B, C, H, W] decoder output of the frozen U-Net under scaling and shifting."""
+        height, width = images.shape[-2:]
+        with self.scale_shift.applied(self.network):
+            features = self.network.decoder(self.network.encoder(pad_to_multiple(images)))
+        return features[..., :height, :width]
+
+    def adapt(self, features: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+        """The inner loop: ``inner_steps`` of gradient descent on the support from the initialisation.
+
+        Args:
+            features: [K, C, H, W] support decoder features (treated as constants).
+            masks: [K, H, W] in {0, 1, 255}.
+        Returns:
+            The adapted (weight, bias), detached. Nothing stored is modified, so one episode's
+            adaptation never leaks into the next; full-batch descent makes it deterministic.
+        """
+        features, masks = features.detach(), masks.clone()
+        if self.config.base_learner_kernel == 1:
+            # A 1x1 learner sees pixels independently: keep only the labelled ones, once, as a
+            # [1, C, P, 1] "image" (every loss pools the batch's valid pixels, so the value is equal).
+            valid = masks != IGNORE_INDEX
+            features = features.permute(0, 2, 3, 1)[valid].t()[None, :, :, None]
+            masks = masks[valid][None, :, None]
+        weight = self.base_learner.weight.detach().clone()
+        bias = self.base_learner.bias.detach().clone()
+        with torch.enable_grad():
+            for _ in range(self.config.inner_steps):
+                weight.requires_grad_(True)
+                bias.requires_grad_(True)
+                loss = self.loss_function(base_learner_logits(features, weight, bias), masks)
+                weight_gradient, bias_gradient = torch.autograd.grad(loss, (weight, bias))
+                weight = (weight - self.config.inner_lr * weight_gradient).detach()
+                bias = (bias - self.config.inner_lr * bias_gradient).detach()
+        return weight, bias
+
+    # --- training ---------------------------------------------------------------------------------
+    def fit(self, benchmark, settings: TrainSettings) -> None:
+        if settings.steps <= 0:
+            return
+        pretrain_steps = min(settings.steps, math.ceil(settings.steps * self.config.pretrain_share))
+        if pretrain_steps > 0:
+            self.pretrain(benchmark, replace(settings, steps=pretrain_steps))
+        meta_steps = settings.steps - pretrain_steps
+        if meta_steps > 0:
+            self.start_meta_training()
+            train_episodic(self, benchmark, replace(settings, steps=meta_steps))
+
+    def pretrain(self, benchmark, settings: TrainSettings) -> None:
+        """Dense base-class segmentation: every U-Net weight trains, with the configured loss."""
+        dataset = BaseClassImages(benchmark, settings.transform, seed=settings.seed)
+        self._resize_pretraining_head(dataset.num_classes)
+        self.network.requires_grad_(True)
+        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.config.pretrain_lr)
+
+        def step(images: Tensor, labels: Tensor) -> dict[str, float]:
+            logits = self.network(pad_to_multiple(images))[..., : images.shape[-2], : images.shape[-1]]
+            loss = self.loss_function(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return {"pretrain_loss": loss.item()}
+
+        train_supervised(self, dataset, settings, step)
+
+    @torch.no_grad()
+    def start_meta_training(self) -> None:
+        """Freeze the U-Net, reset scales/shifts to the identity, and start the base learner from the
+        pre-trained head: background from its background filter, foreground from the mean of its
+        base-class filters."""
+        self.scale_shift.reset()
+        head = self.network.segmentation_head[0]
+        self.base_learner.weight[0] = head.weight[0]
+        self.base_learner.weight[1] = head.weight[1:].mean(dim=0)
+        self.base_learner.bias[0] = head.bias[0]
+        self.base_learner.bias[1] = head.bias[1:].mean()
+        self._make_meta_optimizer()
+
+    def _make_meta_optimizer(self) -> None:
+        # Only scales, shifts and the base learner's initialisation are meta-trained.
+        self.network.requires_grad_(False)
+        parameters = list(self.scale_shift.parameters()) + list(self.base_learner.parameters())
+        self.meta_optimizer = torch.optim.Adam(parameters, lr=self.config.lr)
+
+    def meta_loss(self, episode: Episode) -> Tensor:
+        """First-order MTL loss of one episode: adapt per way on its support, score on the query."""
+        self.network.eval()  # frozen: batch-norm statistics stay the pre-trained ones
+        way, shot = episode.way, episode.shot
+        support_features = self.meta_features(episode.support_images.flatten(0, 1)).unflatten(0, (way, shot))
+        query_features = self.meta_features(episode.query_images)
+        total = query_features.new_zeros(())
+        for way_index in range(way):
+            weight, bias = self.adapt(support_features[way_index], episode.support_masks[way_index])
+            # theta' = theta + (theta' - theta) with the update a constant: the query's gradient at
+            # theta' reaches the initialisation theta unchanged (first-order MAML / MTL).
+            weight = self.base_learner.weight + (weight - self.base_learner.weight).detach()
+            bias = self.base_learner.bias + (bias - self.base_learner.bias).detach()
+            labels = (episode.query_masks == way_index + 1).long()
+            labels[episode.query_masks == IGNORE_INDEX] = IGNORE_INDEX
+            total = total + self.loss_function(base_learner_logits(query_features, weight, bias), labels)
+        return total / way
+
+    def train_step(self, episode: Episode) -> dict[str, float]:
+        if self.meta_optimizer is None:  # e.g. continuing from a checkpoint: keep its meta state
+            self._make_meta_optimizer()
+        loss = self.meta_loss(episode)
+        self.meta_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.meta_optimizer.step()
+        return {"meta_loss": loss.item()}
+
+    # --- inference --------------------------------------------------------------------------------
+    def predict(self, episode: Episode) -> Prediction:
+        # The evaluator runs under inference_mode; the inner loop needs autograd, so leave it here
+        # and work on ordinary copies of the inputs.
+        with torch.inference_mode(False), torch.no_grad():
+            way, shot = episode.way, episode.shot
+            support_features = self.meta_features(episode.support_images.flatten(0, 1).clone()).unflatten(0, (way, shot))
+            query_features = self.meta_features(episode.query_images.clone())
+            probabilities = []
+            for way_index in range(way):
+                weight, bias = self.adapt(support_features[way_index], episode.support_masks[way_index])
+                probabilities.append(base_learner_logits(query_features, weight, bias).softmax(dim=1)[:, 1])
+            fg_probs = torch.stack(probabilities, dim=1)  # [Q, N, H, W]
+        return Prediction(fg_probs=fg_probs, presence=fg_probs.flatten(2).amax(dim=2))

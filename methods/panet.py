@@ -1,0 +1,180 @@
+"""panet: prototype alignment network.
+
+Wang, Liew, Zou, Zhou, Feng, "PANet: Few-Shot Image Semantic Segmentation with Prototype Alignment",
+ICCV 2019. Masked average pooling gives one prototype per way (averaged over its shots) and one
+background prototype shared by the episode (averaged over every support image); each query pixel is
+labelled by cosine similarity x 20 to those prototypes. Training adds prototype alignment
+regularisation (PAR): prototypes pooled from the query under its own prediction must segment the
+supports. Defaults are the paper's: VGG-16 encoder, SGD lr 1e-3 (momentum 0.9, weight decay 5e-4),
+one episode per step, 30000 steps with the lr divided by 10 every 10000.
+
+N-way (FS-CS): the softmax runs over background + N ways, so way n's foreground probability is its
+softmax share; its presence score is the largest such share over the query's pixels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from fsbench.backbones import FeatureExtractor
+from fsbench.episode import Episode, Prediction
+from fsbench.errors import FsbenchError
+from fsbench.losses import segmentation_loss
+from fsbench.registry import METHODS
+from fsbench.train import TrainSettings, train_episodic
+from methods.base import Method, MethodConfig
+from methods.prototypes import POOLING_EPSILON, cosine_logits, masked_average_pool, pooling_weights
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass
+class PANetConfig(MethodConfig):
+    """The paper's settings; QUICK trains a small encoder from scratch for the CPU demo on `shapes`."""
+
+    backbone: str = "vgg16"
+    pretrained: bool = True
+    lr: float = 1e-3
+    # Episodes per optimiser step (gradients are accumulated); train_steps counts episodes.
+    batch_size: int = 1
+    train_steps: int = 30000
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    # The lr is multiplied by lr_decay after each third of the training steps (the paper: 10k of 30k).
+    lr_decay: float = 0.1
+    scale: float = 20.0
+    alignment_weight: float = 1.0
+    loss: str = "ce"
+
+    QUICK = {
+        "backbone": "resnet18",
+        "pretrained": False,
+        # From scratch in a few hundred steps SGD barely moves; Adam does.
+        "optimizer": "adam",
+        "lr": 5e-4,
+        "weight_decay": 0.0,
+        "train_steps": 400,
+    }
+
+
+@METHODS.register("panet")
+class PANet(Method):
+    Config = PANetConfig
+
+    def __init__(self, config: PANetConfig, device: torch.device | str = "cpu"):
+        super().__init__(config, device)
+        if config.optimizer not in OPTIMIZERS:
+            raise FsbenchError(f"unknown optimizer {config.optimizer!r} for panet; available: {', '.join(OPTIMIZERS)}")
+        self.loss_function = segmentation_loss(config.loss)
+        self.encoder = FeatureExtractor(config.backbone, config.pretrained)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.accumulated = 0
+        self.to(self.device)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder}
+
+    # --- the model ----------------------------------------------------------------------------
+    def segment(self, episode: Episode) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Query logits and what PAR reuses.
+
+        Returns:
+            query_logits [Q, 1+N, H, W] (channel 0 = background), support_features [N, K, C, h, w],
+            query_features [Q, C, h, w], background_prototype [C].
+        """
+        way, shot = episode.way, episode.shot
+        size = tuple(episode.query_images.shape[-2:])
+        images = torch.cat([episode.support_images.flatten(0, 1), episode.query_images])
+        features = self.encoder(images)
+        support_features = features[: way * shot]
+        query_features = features[way * shot :]
+
+        masks = episode.support_masks.flatten(0, 1)  # [N*K, H, W]
+        masks = torch.stack([masks == 0, masks == 1], dim=1).to(features.dtype)  # ignore is in neither
+        pooled = masked_average_pool(support_features, masks).view(way, shot, 2, -1)
+        background_prototype = pooled[:, :, 0].mean(dim=(0, 1))  # [C]
+        foreground_prototypes = pooled[:, :, 1].mean(dim=1)  # [N, C]
+        prototypes = torch.cat([background_prototype.unsqueeze(0), foreground_prototypes])
+        query_logits = cosine_logits(query_features, prototypes, self.config.scale, size)
+        return query_logits, support_features.unflatten(0, (way, shot)), query_features, background_prototype
+
+    def alignment_loss(self, episode: Episode, query_logits: Tensor, support_features: Tensor, query_features: Tensor) -> Tensor:
+        """PAR: prototypes pooled from the queries under their predicted labels segment each support.
+
+        A way the queries predict nowhere has no query prototype and is skipped, but still counts in
+        the average over ways and shots (as in PANet's code).
+        """
+        way, shot = episode.way, episode.shot
+        predicted = query_logits.detach().argmax(dim=1)  # [Q, H, W]
+        masks = torch.stack([predicted == label for label in range(way + 1)], dim=1).to(query_features.dtype)
+        # One prototype per label pooled over all queries together, as PANet does.
+        weights = pooling_weights(masks, tuple(query_features.shape[-2:]))  # [Q, 1+N, h, w]
+        pixels = masks.sum(dim=(0, 2, 3))  # [1+N] predicted pixels per label
+        query_prototypes = torch.einsum("qchw,qmhw->mc", query_features, weights) / (pixels.unsqueeze(-1) + POOLING_EPSILON)
+        size = tuple(episode.support_images.shape[-2:])
+        total = query_logits.new_zeros(())
+        for way_index in range(way):
+            if pixels[way_index + 1] == 0:
+                continue
+            prototypes = torch.stack([query_prototypes[0], query_prototypes[way_index + 1]])
+            logits = cosine_logits(support_features[way_index], prototypes, self.config.scale, size)  # [K, 2, H, W]
+            total = total + self.loss_function(logits, episode.support_masks[way_index])
+        return total / way
+
+    # --- training -----------------------------------------------------------------------------
+    def fit(self, benchmark, settings: TrainSettings) -> None:
+        self._make_optimizer(total_steps=settings.steps)
+        train_episodic(self, benchmark, settings)
+        if self.accumulated:  # a last partial batch of episodes still updates the model
+            self._optimizer_step()
+
+    def _make_optimizer(self, total_steps: int | None) -> None:
+        parameters = [parameter for parameter in self.encoder.parameters() if parameter.requires_grad]
+        if self.config.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(
+                parameters, lr=self.config.lr, momentum=self.config.momentum, weight_decay=self.config.weight_decay
+            )
+        else:
+            self.optimizer = torch.optim.Adam(parameters, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        self.scheduler = None
+        updates = (total_steps or 0) // max(self.config.batch_size, 1)
+        if updates >= 3:
+            milestones = [updates // 3, 2 * updates // 3]
+            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=self.config.lr_decay)
+        self.accumulated = 0
+
+    def _optimizer_step(self) -> None:
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.accumulated = 0
+
+    def training_losses(self, episode: Episode) -> dict[str, Tensor]:
+        """{"segmentation", "alignment", "total"} of one training episode (query masks are read)."""
+        query_logits, support_features, query_features, _ = self.segment(episode)
+        segmentation = self.loss_function(query_logits, episode.query_masks)
+        alignment = self.alignment_loss(episode, query_logits, support_features, query_features)
+        total = segmentation + self.config.alignment_weight * alignment
+        return {"segmentation": segmentation, "alignment": alignment, "total": total}
+
+    def train_step(self, episode: Episode) -> dict[str, float]:
+        if self.optimizer is None:
+            self._make_optimizer(total_steps=None)
+        losses = self.training_losses(episode)
+        (losses["total"] / max(self.config.batch_size, 1)).backward()
+        self.accumulated += 1
+        if self.accumulated >= self.config.batch_size:
+            self._optimizer_step()
+        return {"loss": losses["total"].item(), "alignment": losses["alignment"].item()}
+
+    # --- inference ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, episode: Episode) -> Prediction:
+        query_logits = self.segment(episode)[0]
+        fg_probs = query_logits.softmax(dim=1)[:, 1:]
+        return Prediction(fg_probs=fg_probs.contiguous(), presence=fg_probs.flatten(2).amax(dim=2))
