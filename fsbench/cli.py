@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import sys
 import time
@@ -263,7 +261,8 @@ def run(args) -> dict:
         "class_iou": scores["class_iou"],
         "eval_resolution": "original" if original_size else f"{img_size}x{img_size}",
         "checkpoint": checkpoint,
-        "train_steps": train_steps,
+        # Steps behind the evaluated weights: a loaded checkpoint's own steps count too.
+        "train_steps": train_steps + int((checkpoint_metadata or {}).get("step", 0)),
         "train_s": round(train_seconds, 2),
         "elapsed_s": round(time.perf_counter() - started, 2),
         "timing": scores["timing"],
