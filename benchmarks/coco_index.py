@@ -13,11 +13,10 @@ import struct
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from benchmarks.cache import file_signature, write_atomically
 from benchmarks.coco_annotations import check_coco, class_unions, read_json
-from benchmarks.files import inside_root
+from benchmarks.files import read_class_png, inside_root
 from fsbench.errors import FsbenchError
 
 MAGIC = b"FSBCOCO1"
@@ -98,13 +97,7 @@ def build_from_pngs(mask_folder: Path, cache_path: Path, key: dict) -> None:
     print(f"Indexing {len(mask_paths)} COCO class masks in {mask_folder} (once; cached in {cache_path}) ...", flush=True)
     images, pixels = {}, {}
     for mask_path in mask_paths:
-        try:
-            with Image.open(mask_path) as mask:
-                label = np.asarray(mask)
-        except (UnidentifiedImageError, OSError, ValueError) as error:
-            raise FsbenchError(f"cannot decode mask {mask_path}: corrupt or truncated ({error})") from None
-        if label.ndim != 2:
-            raise FsbenchError(f"mask {mask_path} has {label.shape[-1]} channels; expected a single-channel class-index PNG")
+        label = read_class_png(mask_path)
         counts = np.bincount(label.ravel(), minlength=256)
         image_key = mask_path.stem + ".jpg"
         images[image_key] = [image_key, int(label.shape[0]), int(label.shape[1])]

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from benchmarks.coco_annotations import Rle, check_coco, class_unions, read_json
-from benchmarks.files import BadFiles, image_size, inside_root
+from benchmarks.files import read_class_png, BadFiles, image_size, inside_root
 from fsbench.errors import FsbenchError
 
 LAYOUTS = ("separate_json", "unified", "separate")
@@ -126,13 +125,7 @@ def _from_masks(root: Path, folder: Path, bad: BadFiles) -> SplitIndex:
         def check(image_path=image_path, mask_path=mask_path, outcome=outcome) -> None:
             if not mask_path.is_file():
                 raise FsbenchError(f"mask file is missing: {mask_path} (for image {image_path})")
-            try:
-                with Image.open(mask_path) as mask:
-                    label = np.asarray(mask)
-            except (UnidentifiedImageError, OSError, ValueError) as error:
-                raise FsbenchError(f"cannot decode mask {mask_path}: corrupt or truncated ({error})") from None
-            if label.ndim != 2:
-                raise FsbenchError(f"mask {mask_path} has {label.shape[-1]} channels; expected a single-channel class-index PNG")
+            label = read_class_png(mask_path)
             if image_size(image_path) != label.shape:
                 raise FsbenchError(
                     f"mask {mask_path} is {label.shape[0]}x{label.shape[1]} but its image {image_path} is "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
@@ -86,3 +87,15 @@ class BadFiles:
     def report(self, what: str) -> None:
         if self.skipped:
             print(f"fsbench: skipped {len(self.skipped)} bad {what} (--skip-bad); first: {self.skipped[0]}", flush=True)
+
+
+def read_class_png(mask_path: Path) -> np.ndarray:
+    """[H, W] array of a single-channel class-index PNG; a bad file is a one-line FsbenchError."""
+    try:
+        with Image.open(mask_path) as mask:
+            label = np.asarray(mask)
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise FsbenchError(f"cannot decode mask {mask_path}: corrupt or truncated ({error})") from None
+    if label.ndim != 2:
+        raise FsbenchError(f"mask {mask_path} has {label.shape[-1]} channels; expected a single-channel class-index PNG")
+    return label

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from benchmarks.base import Benchmark, BenchmarkOptions
 from benchmarks.cache import cache_folder, cached_json, file_signature
-from benchmarks.files import BadFiles, image_size, read_pair, require_tree
+from benchmarks.files import read_class_png, BadFiles, image_size, read_pair, require_tree
 from benchmarks.split_lists import (
     MIN_OBJECT_PIXELS,
     Pairs,
@@ -115,13 +114,7 @@ class Pascal(Benchmark):
         return by_split
 
     def _count_classes(self, mask_path: Path) -> dict[str, int]:
-        try:
-            with Image.open(mask_path) as mask:
-                label = np.asarray(mask)
-        except (UnidentifiedImageError, OSError, ValueError) as error:
-            raise FsbenchError(f"cannot decode mask {mask_path}: corrupt or truncated ({error})") from None
-        if label.ndim != 2:
-            raise FsbenchError(f"mask {mask_path} has {label.shape[-1]} channels; expected a single-channel class-index PNG")
+        label = read_class_png(mask_path)
         image_path = self.image_folder / f"{mask_path.stem}.jpg"
         if image_size(image_path) != label.shape:
             raise FsbenchError(

@@ -108,7 +108,7 @@ class PANet(Method):
         A way the queries predict nowhere has no query prototype and is skipped, but still counts in
         the average over ways and shots (as in PANet's code).
         """
-        way, shot = episode.way, episode.shot
+        way = episode.way
         predicted = query_logits.detach().argmax(dim=1)  # [Q, H, W]
         masks = torch.stack([predicted == label for label in range(way + 1)], dim=1).to(query_features.dtype)
         # One prototype per label pooled over all queries together, as PANet does.
