@@ -5,7 +5,6 @@ import hashlib
 
 import numpy as np
 import pytest
-import torch
 
 from benchmarks import shapes_render as render
 from benchmarks.shapes import Shapes, generate
