@@ -1,11 +1,13 @@
 """The methods table on `shapes`: per method and fold, trained (default budget) vs untrained.
 
-    python -m fsbench.perf_methods [--methods panet mtl_unet] [--folds 0 1 2 3] [--episodes 1000]
+    python -m fsbench.perf_methods [--methods dml_knn panet mtl_unet] [--folds 0 1 2 3] [--episodes 1000]
 
-Per method and fold it trains twice with the method's default budget - once on 1-way 1-shot FS-S
-episodes (evaluated at 1-way 1-shot and, from the same checkpoint, 1-way 5-shot) and once on 2-way
-1-shot FS-CS episodes (evaluated at 2-way 1-shot) - and evaluates every setting at --train-steps 0
-on the same episodes. Runs go through the CLI, so each leaves its usual run folder under --logs.
+Per method and fold it trains with the method's default budget - an episodic method twice, once on
+1-way 1-shot FS-S episodes (evaluated at 1-way 1-shot and, from the same checkpoint, 1-way 5-shot)
+and once on 2-way 1-shot FS-CS episodes (evaluated at 2-way 1-shot); a method whose training never
+sees episodes (dml_knn) once, for all three - and evaluates every setting at --train-steps 0 on the
+same episodes. Runs go through the CLI, so each leaves its usual run folder under --logs; the table
+with confidence intervals is then `python main.py --table '<logs>/*'`.
 """
 from __future__ import annotations
 
@@ -30,12 +32,18 @@ def _run(argv: list[str], run_dir: Path) -> dict:
 
 
 def method_rows(method: str, fold: int, episodes: int, nworker: int, logs: Path) -> list[list]:
+    from fsbench.registry import METHODS
+
+    import methods  # noqa: F401  (registers the methods)
+
+    episodic = METHODS.get(method).trains_on_episodes
     common = ["--method", method, "--fold", str(fold), "--episodes", str(episodes), "--no-progress", "--nworker", str(nworker)]
     trained: dict[str, dict] = {}
     rows = []
     for label, way, shot, training in SETTINGS:
         setting = [*common, "--way", str(way), "--shot", str(shot)]
         run_dir = logs / f"{method}-fold{fold}-{way}way{shot}shot"
+        training = training if episodic else "train"
         if training not in trained:  # train on this setting's episodes, evaluate it at once
             result = _run(setting, run_dir)
             trained[training] = {"checkpoint": result["checkpoint"], "train_s": result["train_s"]}
@@ -59,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m fsbench.perf_methods", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=["panet", "mtl_unet"])
+    parser.add_argument("--methods", nargs="+", default=["dml_knn", "panet", "mtl_unet"])
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--nworker", type=int, default=1)

@@ -53,6 +53,9 @@ class Method(ABC):
 
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     registry_name: str = "method"
+    # False when training never sees episodes (plain base-class image batches), so way, shot and
+    # task do not change the trained weights and one checkpoint serves every setting.
+    trains_on_episodes: ClassVar[bool] = True
 
     def __init__(self, config: MethodConfig, device: torch.device | str = "cpu"):
         self.config = config

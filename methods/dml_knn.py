@@ -80,6 +80,7 @@ class ProxyBank(nn.Module):
 @METHODS.register("dml_knn")
 class DMLKNN(Method):
     Config = DMLKNNConfig
+    trains_on_episodes = False  # supervised pixel batches of the base classes
 
     def __init__(self, config: DMLKNNConfig, device: torch.device | str = "cpu"):
         super().__init__(config, device)

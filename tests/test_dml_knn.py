@@ -85,3 +85,18 @@ def test_empty_support_mask_predicts_nothing(tiny_shapes):
     episode.support_masks.zero_()
     prediction = method.predict(episode)
     assert prediction.fg_probs.max() == 0 and prediction.presence.max() == 0
+
+
+def test_training_ignores_way_shot_and_task(tiny_shapes):
+    # trains_on_episodes = False lets one dml_knn checkpoint serve every setting (fsbench.perf_methods
+    # relies on it): training for 2-way FS-CS must give bit-identical weights to 1-way 1-shot FS-S.
+    assert not DMLKNN.trains_on_episodes
+    states = []
+    for way, shot, task in ((1, 1, "fss"), (2, 5, "fscs")):
+        torch.manual_seed(0)
+        method = DMLKNN(tiny_config(), "cpu")
+        method.fit(tiny_shapes, TrainSettings(steps=2, batch_size=2, transform=SquashResize(64), progress=False,
+                                              way=way, shot=shot, task=task))
+        states.append(method.state_dict())
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
