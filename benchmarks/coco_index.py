@@ -16,7 +16,7 @@ import numpy as np
 
 from benchmarks.cache import file_signature, write_atomically
 from benchmarks.coco_annotations import check_coco, class_unions, read_json
-from benchmarks.files import read_class_png, inside_root
+from benchmarks.files import inside_root, read_class_png
 from fsbench.errors import FsbenchError
 
 MAGIC = b"FSBCOCO1"

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.coco_annotations import Rle, check_coco, class_unions, read_json
-from benchmarks.files import read_class_png, BadFiles, image_size, inside_root
+from benchmarks.files import BadFiles, image_size, inside_root, read_class_png
 from fsbench.errors import FsbenchError
 
 LAYOUTS = ("separate_json", "unified", "separate")

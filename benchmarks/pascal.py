@@ -16,7 +16,7 @@ from torch import Tensor
 
 from benchmarks.base import Benchmark, BenchmarkOptions
 from benchmarks.cache import cache_folder, cached_json, file_signature
-from benchmarks.files import read_class_png, BadFiles, image_size, read_pair, require_tree
+from benchmarks.files import BadFiles, image_size, read_class_png, read_pair, require_tree
 from benchmarks.split_lists import (
     MIN_OBJECT_PIXELS,
     Pairs,

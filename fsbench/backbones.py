@@ -13,9 +13,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from fsbench import PROJECT_ROOT
 from fsbench.errors import FsbenchError
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # torchvision's ImageNet weight files (the names its download URLs end in).
 IMAGENET_WEIGHT_FILES = {

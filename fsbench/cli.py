@@ -11,10 +11,8 @@ from pathlib import Path
 
 import torch
 
-from fsbench import __version__
+from fsbench import PROJECT_ROOT, __version__
 from fsbench.errors import FsbenchError, one_line
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -96,6 +96,12 @@ class Prediction:
     fg_probs: Tensor
     presence: Tensor
 
+    @classmethod
+    def from_probabilities(cls, fg_probs: Tensor) -> "Prediction":
+        """fg_probs [Q, N, H, W] with presence [Q, N] = each way's largest foreground probability over
+        the query (iFSL's max-pooled presence, what methods without a classification head report)."""
+        return cls(fg_probs=fg_probs, presence=fg_probs.flatten(2).amax(dim=2))
+
     def labels(self, threshold: float = 0.5) -> Tensor:
         """[Q, H, W] int64: argmax way + 1 where that way's probability >= threshold, else 0."""
         best_prob, best_way = self.fg_probs.max(dim=1)

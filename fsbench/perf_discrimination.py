@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -37,8 +36,8 @@ def load_run_method(run_dir: Path):
         raise FsbenchError(f"{run_dir} is not a run folder (no config.json)")
     record = json.loads((run_dir / "config.json").read_text())
     method_class = METHODS.get(record["method"])
-    saved = {key: tuple(value) if isinstance(value, list) else value for key, value in record["method_config"].items()}
-    config = replace(method_class.Config(), **{**saved, "pretrained": False})
+    # The run's full config; its weights come from the checkpoint (or the seed), never from ImageNet.
+    config = method_class.Config().with_overrides({**record["method_config"], "pretrained": False}, record["method"])
     torch.manual_seed(record["seed"])
     method = method_class(config, "cpu")
     checkpoint = run_dir / "model.safetensors"
@@ -95,7 +94,7 @@ def discrimination(run_dir: Path, way: int, split: str, episodes: int, datapath:
 def main(argv: list[str] | None = None) -> None:
     from tabulate import tabulate
 
-    from fsbench.cli import PROJECT_ROOT
+    from fsbench import PROJECT_ROOT
 
     parser = argparse.ArgumentParser(prog="python -m fsbench.perf_discrimination", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -34,8 +34,6 @@ def _run(argv: list[str], run_dir: Path) -> dict:
 def method_rows(method: str, fold: int, episodes: int, nworker: int, logs: Path) -> list[list]:
     from fsbench.registry import METHODS
 
-    import methods  # noqa: F401  (registers the methods)
-
     episodic = METHODS.get(method).trains_on_episodes
     common = ["--method", method, "--fold", str(fold), "--episodes", str(episodes), "--no-progress", "--nworker", str(nworker)]
     trained: dict[str, dict] = {}
@@ -64,6 +62,8 @@ HEADERS = ["method", "fold", "setting", "mIoU", "FB-IoU", "ER", "mIoU@0", "FB-Io
 
 def main(argv: list[str] | None = None) -> None:
     from tabulate import tabulate
+
+    import methods  # noqa: F401  (registers the methods that method_rows looks up)
 
     parser = argparse.ArgumentParser(prog="python -m fsbench.perf_methods", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -276,12 +276,16 @@ def build_tables(frame: pd.DataFrame, metric: str, options: TableOptions | None 
     return tables
 
 
+def _require_format(format: str) -> None:
+    if format not in FORMATS:
+        raise FsbenchError(f"unknown table format {format!r}; available: {', '.join(FORMATS)}")
+
+
 def render_table(frame: pd.DataFrame, metric: str, format: str = "markdown", options: TableOptions | None = None) -> str:
     """One metric's tables for the runs of ``frame`` (from collect_runs) in ``format``."""
     from fsbench.table_formats import render_tables
 
-    if format not in FORMATS:
-        raise FsbenchError(f"unknown table format {format!r}; available: {', '.join(FORMATS)}")
+    _require_format(format)
     options = options or TableOptions()
     return render_tables(build_tables(frame, metric, options), format, options)
 
@@ -298,8 +302,7 @@ def main_table(
     """Collect the runs that ``patterns`` name and render every metric's tables (what --table prints)."""
     from fsbench.table_formats import render_tables
 
-    if format not in FORMATS:
-        raise FsbenchError(f"unknown table format {format!r}; available: {', '.join(FORMATS)}")
+    _require_format(format)
     # Without intervals nothing reads episodes.csv, so there are no paired tests either: a fast, plain table.
     options = TableOptions(confidence=confidence, significance=confidence, resamples=resamples, seed=seed, test=test)
     frame = collect_runs(patterns, with_episodes=options.needs_episodes)
@@ -314,8 +317,7 @@ def format_run_row(results: dict, format: str = "markdown", episodes_csv: Path |
     """
     from fsbench.table_formats import render_run_row
 
-    if format not in FORMATS:
-        raise FsbenchError(f"unknown table format {format!r}; available: {', '.join(FORMATS)}")
+    _require_format(format)
     results = check_results(results, "evaluation results")
     counts = read_episode_counts(Path(episodes_csv), results) if episodes_csv is not None else None
     options = TableOptions(confidence=counts is not None, significance=False)

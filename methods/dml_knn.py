@@ -187,8 +187,7 @@ class DMLKNN(Method):
         fg_probs = torch.stack(probabilities, dim=1).view(query.shape[0], *grid_size, episode.way).permute(0, 3, 1, 2)
         if stride > 1:
             fg_probs = F.interpolate(fg_probs, size=(height, width), mode="bilinear", align_corners=False).clamp(0, 1)
-        presence = fg_probs.flatten(2).amax(dim=2)
-        return Prediction(fg_probs=fg_probs.contiguous(), presence=presence)
+        return Prediction.from_probabilities(fg_probs.contiguous())
 
     def _reference_set(self, embeddings: Tensor, masks: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Support pixels of one way: embeddings [K, D, H, W], masks [K, H, W] ->

@@ -166,6 +166,17 @@ class MTLUNet(Method):
                 bias = (bias - self.config.inner_lr * bias_gradient).detach()
         return weight, bias
 
+    def adapted_learners(self, support_images: Tensor, support_masks: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Every way's adapted (weight, bias): support_images [N, K, 3, H, W], masks [N, K, H, W].
+
+        First-order: the support's features are constants for the outer gradient (adapt detaches
+        them), so they are computed without an autograd graph, in training too.
+        """
+        way, shot = support_images.shape[:2]
+        with torch.no_grad():
+            features = self.meta_features(support_images.flatten(0, 1)).unflatten(0, (way, shot))
+        return [self.adapt(features[way_index], support_masks[way_index]) for way_index in range(way)]
+
     # --- training ---------------------------------------------------------------------------------
     def fit(self, benchmark, settings: TrainSettings) -> None:
         if settings.steps <= 0:
@@ -217,12 +228,10 @@ class MTLUNet(Method):
     def meta_loss(self, episode: Episode) -> Tensor:
         """First-order MTL loss of one episode: adapt per way on its support, score on the query."""
         self.network.eval()  # frozen: batch-norm statistics stay the pre-trained ones
-        way, shot = episode.way, episode.shot
-        support_features = self.meta_features(episode.support_images.flatten(0, 1)).unflatten(0, (way, shot))
+        learners = self.adapted_learners(episode.support_images, episode.support_masks)
         query_features = self.meta_features(episode.query_images)
         total = query_features.new_zeros(())
-        for way_index in range(way):
-            weight, bias = self.adapt(support_features[way_index], episode.support_masks[way_index])
+        for way_index, (weight, bias) in enumerate(learners):
             # theta' = theta + (theta' - theta) with the update a constant: the query's gradient at
             # theta' reaches the initialisation theta unchanged (first-order MAML / MTL).
             weight = self.base_learner.weight + (weight - self.base_learner.weight).detach()
@@ -230,7 +239,7 @@ class MTLUNet(Method):
             labels = (episode.query_masks == way_index + 1).long()
             labels[episode.query_masks == IGNORE_INDEX] = IGNORE_INDEX
             total = total + self.loss_function(base_learner_logits(query_features, weight, bias), labels)
-        return total / way
+        return total / len(learners)
 
     def train_step(self, episode: Episode) -> dict[str, float]:
         if self.meta_optimizer is None:  # e.g. continuing from a checkpoint: keep its meta state
@@ -246,12 +255,10 @@ class MTLUNet(Method):
         # The evaluator runs under inference_mode; the inner loop needs autograd, so leave it here
         # and work on ordinary copies of the inputs.
         with torch.inference_mode(False), torch.no_grad():
-            way, shot = episode.way, episode.shot
-            support_features = self.meta_features(episode.support_images.flatten(0, 1).clone()).unflatten(0, (way, shot))
+            learners = self.adapted_learners(episode.support_images.clone(), episode.support_masks)
             query_features = self.meta_features(episode.query_images.clone())
-            probabilities = []
-            for way_index in range(way):
-                weight, bias = self.adapt(support_features[way_index], episode.support_masks[way_index])
-                probabilities.append(base_learner_logits(query_features, weight, bias).softmax(dim=1)[:, 1])
+            probabilities = [
+                base_learner_logits(query_features, weight, bias).softmax(dim=1)[:, 1] for weight, bias in learners
+            ]
             fg_probs = torch.stack(probabilities, dim=1)  # [Q, N, H, W]
-        return Prediction(fg_probs=fg_probs, presence=fg_probs.flatten(2).amax(dim=2))
+        return Prediction.from_probabilities(fg_probs)

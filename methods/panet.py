@@ -177,4 +177,4 @@ class PANet(Method):
     def predict(self, episode: Episode) -> Prediction:
         query_logits = self.segment(episode)[0]
         fg_probs = query_logits.softmax(dim=1)[:, 1:]
-        return Prediction(fg_probs=fg_probs.contiguous(), presence=fg_probs.flatten(2).amax(dim=2))
+        return Prediction.from_probabilities(fg_probs.contiguous())
