@@ -29,11 +29,11 @@ def _max_rss_mb() -> float:
 
 def knn_memory_child(chunk: int, device: str, query_pixels: int, positives: int, ratio: int, dim: int) -> dict:
     """Runs in a fresh process so ru_maxrss reflects only this configuration."""
-    from methods.dml_knn import knn_foreground_probability
+    from methods.dml_knn import knn_label_shares
 
     generator = torch.Generator().manual_seed(0)
     references = F.normalize(torch.randn(positives * (1 + ratio), dim, generator=generator), dim=1).to(device)
-    labels = torch.zeros(references.shape[0], device=device)
+    labels = torch.zeros(references.shape[0], dtype=torch.long, device=device)
     labels[:positives] = 1
     # Peak memory per chunk does not depend on how many chunks run, so a few chunks suffice on CPU.
     measured = min(query_pixels, 4 * chunk)
@@ -44,7 +44,7 @@ def knn_memory_child(chunk: int, device: str, query_pixels: int, positives: int,
         base = torch.cuda.memory_allocated()
     before = _max_rss_mb()
     started = time.perf_counter()
-    knn_foreground_probability(queries, references, labels, k=64, chunk_size=chunk)
+    knn_label_shares(queries, references, labels, 2, k=64, chunk_size=chunk)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started

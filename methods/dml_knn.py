@@ -3,7 +3,8 @@
 After rootvisionai/dml_segmentation: a UNet++ maps every pixel to an embedding, trained on the base
 classes with the Proxy-Anchor loss (Kim, Kim, Cho, Kwak, "Proxy Anchor Loss for Deep Metric
 Learning", CVPR 2020); a novel class is segmented by cosine kNN of each query pixel among the
-support's positive and negative pixels. Unlike the original code, the proxies are trainable
+support's positive and negative pixels. In an N-way episode one kNN runs over every way's support
+pixels (labels: background, way 1..N), so a way's probability is its share of the k votes. Unlike the original code, the proxies are trainable
 parameters in the optimiser (at 100x the network's learning rate), so they actually train.
 """
 from __future__ import annotations
@@ -170,28 +171,27 @@ class DMLKNN(Method):
             self._reference_set(self.embed(episode.support_images[way]), episode.support_masks[way], generator)
             for way in range(episode.way)
         ]
+        # One kNN over every way's references, labelled 0 = background, n = way n: the ways compete
+        # for each query pixel, as in the kNN over labelled support pixels of the original method, so
+        # an object that looks like one way's support does not also count for the others.
+        reference_pixels = torch.cat([pixels for pixels, _ in references])
+        reference_labels = torch.cat([labels * (way + 1) for way, (_, labels) in enumerate(references)])
         query = self.embed(episode.query_images)  # [Q, D, H, W]
         stride = self.config.knn_stride
         query_grid = query[:, :, ::stride, ::stride]
         grid_size = query_grid.shape[-2:]
         query_pixels = query_grid.permute(0, 2, 3, 1).reshape(-1, query.shape[1])  # [Q*h*w, D]
-
-        probabilities = []
-        for reference_pixels, reference_labels in references:
-            if reference_labels.sum() == 0:  # an empty support mask: nothing to look for
-                probabilities.append(query_pixels.new_zeros(query_pixels.shape[0]))
-                continue
-            probabilities.append(
-                knn_foreground_probability(query_pixels, reference_pixels, reference_labels, self.config.k, self.config.knn_chunk_size)
-            )
-        fg_probs = torch.stack(probabilities, dim=1).view(query.shape[0], *grid_size, episode.way).permute(0, 3, 1, 2)
+        shares = knn_label_shares(
+            query_pixels, reference_pixels, reference_labels, episode.way + 1, self.config.k, self.config.knn_chunk_size
+        )
+        fg_probs = shares[:, 1:].reshape(query.shape[0], *grid_size, episode.way).permute(0, 3, 1, 2)
         if stride > 1:
             fg_probs = F.interpolate(fg_probs, size=(height, width), mode="bilinear", align_corners=False).clamp(0, 1)
         return Prediction.from_probabilities(fg_probs.contiguous())
 
     def _reference_set(self, embeddings: Tensor, masks: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Support pixels of one way: embeddings [K, D, H, W], masks [K, H, W] ->
-        (references [R, D], labels [R] float, 1 = positive), R <= max_pos * (1 + ratio)."""
+        (references [R, D], labels [R] int64, 1 = positive), R <= max_pos * (1 + ratio)."""
         pixels = embeddings.permute(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
         flat_masks = masks.reshape(-1)
         positive_index = torch.nonzero(flat_masks == 1).squeeze(1)
@@ -199,24 +199,29 @@ class DMLKNN(Method):
         positive_index = _subset(positive_index, self.config.max_positive_samples, generator)
         negative_index = _subset(negative_index, len(positive_index) * self.config.negative_samples_ratio, generator)
         references = torch.cat([pixels[positive_index], pixels[negative_index]])
-        labels = torch.cat([pixels.new_ones(len(positive_index)), pixels.new_zeros(len(negative_index))])
+        labels = torch.cat([positive_index.new_ones(len(positive_index)), negative_index.new_zeros(len(negative_index))])
         return references, labels
 
 
-def knn_foreground_probability(queries: Tensor, references: Tensor, reference_labels: Tensor, k: int, chunk_size: int) -> Tensor:
-    """Share of positives among each query's k nearest references by cosine similarity.
+def knn_label_shares(queries: Tensor, references: Tensor, reference_labels: Tensor, num_labels: int, k: int, chunk_size: int) -> Tensor:
+    """Share of each label among each query's k nearest references by cosine similarity.
 
     Args:
-        queries: [P, D] unit vectors; references: [R, D] unit vectors; reference_labels: [R] in {0, 1}.
+        queries: [P, D] unit vectors; references: [R, D] unit vectors; reference_labels: [R] int64 in
+        [0, num_labels).
     Returns:
-        [P] in [0, 1]. Computed chunk_size queries at a time, so memory is O(chunk_size x R).
+        [P, num_labels], rows summing to 1 (all zero when there are no references). Computed
+        chunk_size queries at a time, so memory is O(chunk_size x R).
     """
+    result = queries.new_zeros(queries.shape[0], num_labels)
     k = min(k, references.shape[0])
-    result = queries.new_empty(queries.shape[0])
+    if k == 0:
+        return result
     for start in range(0, queries.shape[0], chunk_size):
         similarity = queries[start : start + chunk_size] @ references.t()  # [chunk, R]
         nearest = similarity.topk(k, dim=1, sorted=False).indices
-        result[start : start + chunk_size] = reference_labels[nearest].mean(dim=1)
+        votes = F.one_hot(reference_labels[nearest], num_labels)  # [chunk, k, num_labels]
+        result[start : start + chunk_size] = votes.sum(dim=1).to(result.dtype) / k
     return result
 
 

@@ -1,4 +1,4 @@
-"""dml_knn pieces against independent computations: kNN, Proxy-Anchor, pixel sampling, proxies train."""
+"""dml_knn pieces against independent computations: kNN, competing ways, Proxy-Anchor, pixel sampling, proxies train."""
 from __future__ import annotations
 
 import math
@@ -7,27 +7,67 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fsbench.episode import Episode
 from fsbench.losses import proxy_anchor_loss
 from fsbench.train import TrainSettings
 from fsbench.transforms import SquashResize
-from methods.dml_knn import DMLKNN, DMLKNNConfig, knn_foreground_probability, sample_pixels
+from methods.dml_knn import DMLKNN, DMLKNNConfig, knn_label_shares, sample_pixels
 
 
 def test_knn_matches_brute_force_and_is_chunk_invariant():
     generator = torch.Generator().manual_seed(0)
     queries = F.normalize(torch.randn(300, 16, generator=generator), dim=1)
     references = F.normalize(torch.randn(120, 16, generator=generator), dim=1)
-    labels = (torch.rand(120, generator=generator) < 0.3).float()
+    labels = torch.randint(0, 3, (120,), generator=generator)  # 0 = background, 1 and 2 = two ways
     expected = []
-    for query in queries:  # brute force: sort all similarities
+    for query in queries:  # brute force: sort all similarities, count each label among the top 7
         order = sorted(range(120), key=lambda r: -float(query @ references[r]))
-        expected.append(sum(float(labels[r]) for r in order[:7]) / 7)
+        expected.append([sum(int(labels[r]) == label for r in order[:7]) / 7 for label in range(3)])
     for chunk in (1, 17, 300, 1000):
-        result = knn_foreground_probability(queries, references, labels, k=7, chunk_size=chunk)
+        result = knn_label_shares(queries, references, labels, 3, k=7, chunk_size=chunk)
         assert torch.allclose(result, torch.tensor(expected), atol=1e-6)
-    # k larger than the reference set: the share of positives among all references.
-    everything = knn_foreground_probability(queries, references, labels, k=1000, chunk_size=64)
-    assert torch.allclose(everything, labels.mean().expand(300))
+    # k larger than the reference set: each label's share of all references.
+    everything = knn_label_shares(queries, references, labels, 3, k=1000, chunk_size=64)
+    assert torch.allclose(everything, torch.bincount(labels, minlength=3).float().div(120).expand(300, 3))
+    # No references at all (every support mask empty): no votes for anything.
+    assert knn_label_shares(queries, references[:0], labels[:0], 3, k=7, chunk_size=64).abs().max() == 0
+
+
+def test_ways_compete_for_query_pixels():
+    # Embeddings on a circle: background at 0 degrees, way 2's support object at 60, the query's
+    # object (way 1's class) at 90, exactly way 1's support object. Judged alone, way 2's kNN would
+    # find the query object nearer its positives (60) than its negatives (0) and call way 2 present;
+    # in one kNN over both ways the query object's neighbours are way 1's pixels, so only way 1 is.
+    size = 16
+    angles = torch.zeros(2, 1, size, size)  # support "images": one angle per pixel
+    support_masks = torch.zeros(2, 1, size, size, dtype=torch.long)
+    angles[0, 0, 4:12, 4:12], support_masks[0, 0, 4:12, 4:12] = 90.0, 1
+    angles[1, 0, 4:12, 4:12], support_masks[1, 0, 4:12, 4:12] = 60.0, 1
+    query_angles = torch.zeros(1, size, size)
+    query_angles[0, 2:10, 2:10] = 90.0
+    query_masks = (query_angles == 90).long()
+
+    def as_images(angle: torch.Tensor) -> torch.Tensor:  # [..., H, W] degrees -> [..., 3, H, W]
+        radians = torch.deg2rad(angle)
+        return torch.stack([radians.cos(), radians.sin(), torch.zeros_like(radians)], dim=-3)
+
+    episode = Episode(
+        support_images=as_images(angles), support_masks=support_masks,
+        query_images=as_images(query_angles), query_masks=query_masks,
+        class_ids=torch.tensor([1, 2]), query_presence=torch.tensor([[True, False]]),
+    )
+    method = DMLKNN(tiny_config(k=16, knn_stride=1), "cpu").eval()
+    method.embed = lambda images: F.normalize(images, dim=1)  # the pixel's point on the circle
+    prediction = method.predict(episode.without_query_labels())
+    assert torch.equal(prediction.presence >= 0.5, torch.tensor([[True, False]]))
+    assert torch.equal(prediction.labels(), query_masks)
+    # Way 2 alone (a 1-way episode with its support) does claim the object: competition is what decides.
+    alone = Episode(
+        support_images=episode.support_images[1:], support_masks=support_masks[1:],
+        query_images=episode.query_images, query_masks=torch.zeros_like(query_masks),
+        class_ids=torch.tensor([2]), query_presence=torch.tensor([[False]]),
+    )
+    assert method.predict(alone.without_query_labels()).presence.item() == 1.0
 
 
 def test_proxy_anchor_matches_the_formula():
