@@ -25,9 +25,28 @@ import torch
 from fsbench.errors import FsbenchError
 
 
+def evaluated_checkpoint(run_dir: Path) -> Path | None:
+    """The weights a finished run evaluated: its own model.safetensors when it trained, else the file
+    it loaded with --eval --load (results.json "checkpoint", a path as the CLI was given it), else
+    None (an untrained run)."""
+    own = run_dir / "model.safetensors"
+    if own.is_file():
+        return own
+    results = run_dir / "results.json"
+    if not results.is_file():
+        raise FsbenchError(f"{run_dir} has no results.json: not a finished run")
+    recorded = json.loads(results.read_text()).get("checkpoint")
+    if recorded is None:
+        return None
+    if not Path(recorded).is_file():
+        raise FsbenchError(f"{run_dir} evaluated {recorded}, which is not there (run from where that run was started)")
+    return Path(recorded)
+
+
 def load_run_method(run_dir: Path):
-    """(method in eval mode, config.json as a dict) of a finished run; untrained runs get the
-    freshly initialised weights the CLI evaluated (torch.manual_seed(seed) before construction)."""
+    """(method in eval mode, config.json as a dict) of a finished run, with the weights it evaluated;
+    untrained runs get the freshly initialised weights the CLI evaluated (torch.manual_seed(seed)
+    before construction)."""
     import methods  # noqa: F401  (registers the methods)
     from fsbench.checkpoint import load_checkpoint
     from fsbench.registry import METHODS
@@ -40,8 +59,8 @@ def load_run_method(run_dir: Path):
     config = method_class.Config().with_overrides({**record["method_config"], "pretrained": False}, record["method"])
     torch.manual_seed(record["seed"])
     method = method_class(config, "cpu")
-    checkpoint = run_dir / "model.safetensors"
-    if checkpoint.exists():
+    checkpoint = evaluated_checkpoint(run_dir)
+    if checkpoint is not None:
         method.load_state_dict(load_checkpoint(checkpoint)[0])
     return method.eval(), record
 

@@ -12,6 +12,8 @@ import torch
 
 from fsbench.checkpoint import save_checkpoint
 from fsbench.cli import main
+from fsbench.errors import FsbenchError
+from fsbench.perf_discrimination import evaluated_checkpoint, load_run_method
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--train-steps", "2", "--episodes", "6", "--img-size", "64", "--nworker", "0", "--no-progress", "--bsz", "2"]
@@ -59,6 +61,21 @@ def test_eval_of_saved_checkpoint_reproduces_the_run(trained_run, tiny_datapath,
     second = json.loads((again / "results.json").read_text())
     assert second["miou"] == first["miou"] and second["episode_fingerprint"] == first["episode_fingerprint"]
     assert not (again / "model.safetensors").exists()
+    # The discrimination diagnostic rebuilds such a run with the weights it loaded, not fresh ones.
+    loaded, _ = load_run_method(again)
+    trained, _ = load_run_method(trained_run)
+    assert evaluated_checkpoint(again) == trained_run / "model.safetensors"
+    assert all(torch.equal(value, trained.state_dict()[key]) for key, value in loaded.state_dict().items())
+
+
+def test_discrimination_refuses_a_run_whose_loaded_checkpoint_is_gone(trained_run, tiny_datapath, tmp_path):
+    moved = tmp_path / "moved.safetensors"
+    moved.write_bytes((trained_run / "model.safetensors").read_bytes())
+    again = tmp_path / "again"
+    assert main(["--datapath", str(tiny_datapath), "--logpath", str(again), "--shot", "2", "--eval", "--load", str(moved), *TINY]) == 0
+    moved.unlink()
+    with pytest.raises(FsbenchError, match="moved.safetensors, which is not there"):
+        load_run_method(again)
 
 
 def _error(capsys, argv):
