@@ -117,6 +117,17 @@ def test_proxies_are_trained(tiny_shapes):
     assert len(snapshots) == 2 and not torch.allclose(snapshots[0], snapshots[1])
 
 
+def test_learning_rate_decays_along_a_cosine_to_zero(tiny_shapes):
+    method = DMLKNN(tiny_config(), "cpu")
+    rates = []
+    settings = TrainSettings(steps=4, batch_size=2, transform=SquashResize(64), progress=False,
+                             on_step=lambda step, scalars: rates.append(scalars["lr"]))
+    method.fit(tiny_shapes, settings)
+    # The rate in force after step s (1-based) of 4: lr * (1 + cos(pi s / 4)) / 2.
+    assert rates == pytest.approx([1e-3 * (1 + math.cos(math.pi * done / 4)) / 2 for done in (1, 2, 3, 4)])
+    assert rates[-1] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_empty_support_mask_predicts_nothing(tiny_shapes):
     from fsbench.sampler import EpisodeSampler
 
