@@ -4,8 +4,9 @@ After rootvisionai/dml_segmentation: a UNet++ maps every pixel to an embedding, 
 classes with the Proxy-Anchor loss (Kim, Kim, Cho, Kwak, "Proxy Anchor Loss for Deep Metric
 Learning", CVPR 2020); a novel class is segmented by cosine kNN of each query pixel among the
 support's positive and negative pixels. In an N-way episode one kNN runs over every way's support
-pixels (labels: background, way 1..N), so a way's probability is its share of the k votes. Unlike the original code, the proxies are trainable
-parameters in the optimiser (at 100x the network's learning rate), so they actually train.
+pixels (labels: background, way 1..N), so a way's probability is its share of the k votes. Unlike
+the original code, the proxies are trainable parameters in the optimiser (at 100x the network's
+learning rate), so they actually train.
 """
 from __future__ import annotations
 
@@ -180,8 +181,8 @@ class DMLKNN(Method):
             for way in range(episode.way)
         ]
         # One kNN over every way's references, labelled 0 = background, n = way n: the ways compete
-        # for each query pixel, as in the kNN over labelled support pixels of the original method, so
-        # an object that looks like one way's support does not also count for the others.
+        # for each query pixel, so an object that looks like one way's support does not also count
+        # as present for the others.
         reference_pixels = torch.cat([pixels for pixels, _ in references])
         reference_labels = torch.cat([labels * (way + 1) for way, (_, labels) in enumerate(references)])
         query = self.embed(episode.query_images)  # [Q, D, H, W]
