@@ -226,12 +226,13 @@ def knn_label_shares(queries: Tensor, references: Tensor, reference_labels: Tens
     k = min(k, references.shape[0])
     if k == 0:
         return result
+    ones = queries.new_ones(1, k)
     for start in range(0, queries.shape[0], chunk_size):
         similarity = queries[start : start + chunk_size] @ references.t()  # [chunk, R]
         nearest = similarity.topk(k, dim=1, sorted=False).indices
-        votes = F.one_hot(reference_labels[nearest], num_labels)  # [chunk, k, num_labels]
-        result[start : start + chunk_size] = votes.sum(dim=1).to(result.dtype) / k
-    return result
+        # Count each label's votes in place, without a [chunk, k, num_labels] one-hot tensor.
+        result[start : start + chunk_size].scatter_add_(1, reference_labels[nearest], ones.expand(len(nearest), k))
+    return result / k
 
 
 def sample_pixels(embeddings: Tensor, labels: Tensor, per_image: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
