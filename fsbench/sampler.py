@@ -128,7 +128,9 @@ class EpisodeSampler(Dataset):
         if self.task == "fss":
             ways = [query_class] + _choose(rng, others, self.way - 1)
             return [ways[position] for position in rng.permutation(self.way)]
-        # FS-CS: weighted draw without replacement, the query's class carrying half the mass.
+        # FS-CS: weighted draw without replacement, the query's class carrying half the mass. As in
+        # iFSL the drawn order is kept (no shuffle), so way 1 holds the query's class about half the
+        # time; shuffling would change the episode distribution that published FS-CS numbers use.
         candidates = [query_class] + others
         if not others:
             return [query_class]
