@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from fsbench.errors import FsbenchError
+from fsbench.run_records import read_results
 
 
 def evaluated_checkpoint(run_dir: Path) -> Path | None:
@@ -35,7 +36,7 @@ def evaluated_checkpoint(run_dir: Path) -> Path | None:
     results = run_dir / "results.json"
     if not results.is_file():
         raise FsbenchError(f"{run_dir} has no results.json: not a finished run")
-    recorded = json.loads(results.read_text()).get("checkpoint")
+    recorded = read_results(results).get("checkpoint")
     if recorded is None:
         return None
     if not Path(recorded).is_file():

@@ -129,10 +129,10 @@ class DMLKNN(Method):
             ],
             weight_decay=1e-4,
         )
-        # Cosine decay to 0 over the budget: on shapes (fold 0) 1500 steps so reach about the 2-way
+        # Cosine decay to 0 over the budget: on shapes (fold 0) 1500 steps reach about the 2-way
         # ER of 3000 steps at a constant rate.
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda done: 0.5 * (1 + math.cos(math.pi * min(done, settings.steps) / settings.steps))
+            optimizer, lambda done: 0.5 * (1 + math.cos(math.pi * done / settings.steps))
         )
         generator = torch.Generator().manual_seed(settings.seed)
 
@@ -232,7 +232,7 @@ def knn_label_shares(queries: Tensor, references: Tensor, reference_labels: Tens
         nearest = similarity.topk(k, dim=1, sorted=False).indices
         # Count each label's votes in place, without a [chunk, k, num_labels] one-hot tensor.
         result[start : start + chunk_size].scatter_add_(1, reference_labels[nearest], ones.expand(len(nearest), k))
-    return result / k
+    return result.div_(k)
 
 
 def sample_pixels(embeddings: Tensor, labels: Tensor, per_image: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
