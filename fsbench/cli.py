@@ -137,7 +137,8 @@ def run(args) -> dict:
     import benchmarks  # noqa: F401  (registers the benchmarks)
     import methods  # noqa: F401  (registers the methods)
     from benchmarks.base import BenchmarkOptions
-    from fsbench.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+    from fsbench.checkpoint import save_checkpoint
+    from fsbench.checkpoint_import import read_checkpoint
     from fsbench.evaluate import EvaluationSettings, evaluate, write_json
     from fsbench.protocols import get_protocol
     from fsbench.registry import BENCHMARKS, METHODS
@@ -156,7 +157,8 @@ def run(args) -> dict:
         raise FsbenchError(f"--vis N needs N of at least 1 (or no N for every episode), got {args.vis}")
 
     # Everything that can fail on bad input is checked before the run folder is created.
-    checkpoint_metadata = read_metadata(args.load) if args.load is not None else None
+    # fsbench checkpoints and foreign (pickled) ones alike; a foreign file's method hook maps it.
+    checkpoint_metadata, checkpoint_state = read_checkpoint(args.load, args.method) if args.load is not None else (None, None)
     if checkpoint_metadata is not None and checkpoint_metadata.get("method") != args.method:
         raise FsbenchError(f"checkpoint {args.load} was made for method {checkpoint_metadata.get('method')!r}, not {args.method!r}")
     options = BenchmarkOptions(
@@ -188,8 +190,7 @@ def run(args) -> dict:
     torch.manual_seed(args.seed)
     method = method_class(config, device)
     if args.load is not None:
-        state, _ = load_checkpoint(args.load, device)
-        method.load_state_dict(state)
+        method.load_state_dict(checkpoint_state)
 
     run_dir = new_run_dir(args, PROJECT_ROOT / "logs")
     # What identifies the run; written into both config.json and results.json.
@@ -259,6 +260,8 @@ def run(args) -> dict:
         "class_iou": scores["class_iou"],
         "eval_resolution": "original" if original_size else f"{img_size}x{img_size}",
         "checkpoint": checkpoint,
+        # format, file and sha256 of a foreign checkpoint the weights came from (directly or converted)
+        "checkpoint_source": (checkpoint_metadata or {}).get("source"),
         # Steps behind the evaluated weights: a loaded checkpoint's own steps count too.
         "train_steps": train_steps + int((checkpoint_metadata or {}).get("step", 0)),
         "train_s": round(train_seconds, 2),
@@ -275,6 +278,12 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["convert"]:  # python main.py convert IN OUT.safetensors [--method NAME]
+        import methods  # noqa: F401  (registers the methods, whose hooks recognise foreign files)
+        from fsbench.checkpoint_import import convert_main
+
+        return convert_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.table:  # reporting: tables of finished runs; nothing is trained or evaluated

@@ -2,3 +2,6 @@
 from methods import dml_knn  # noqa: F401  (registers "dml_knn")
 from methods import panet  # noqa: F401  (registers "panet")
 from methods import mtl_unet  # noqa: F401  (registers "mtl_unet")
+from methods import hsnet  # noqa: F401  (registers "hsnet")
+from methods import asnet  # noqa: F401  (registers "asnet")
+from methods import asnethm  # noqa: F401  (registers "asnethm")

@@ -1,0 +1,47 @@
+"""hsnet: Hypercorrelation Squeeze Network.
+
+Min, Kang, Cho, "Hypercorrelation Squeeze for Few-Shot Segmentation", ICCV 2021. A frozen ImageNet
+backbone (vgg16, resnet50, resnet101) gives intermediate features of every bottleneck; support
+features are multiplied by the support mask; cosine correlations (negatives zeroed) of all query
+and support positions, per layer, form three 4D hypercorrelation groups, squeezed by center-pivot
+4D convolutions, mixed coarse to fine, averaged over the support positions and decoded into
+2-channel logits at 1/4 of the input (upsampled bilinearly, align_corners=True). k shots: HSNet's
+vote by default (shot_aggregation="average" for iFSL's logit averaging). N ways: one binary map per
+way, merged as iFSL does (methods/correlation/way_maps.py). Training: Adam, lr 1e-3, batch 20,
+1-shot episodes at 400x400, cross-entropy; the backbone stays frozen. Learnable parameters: 2.6M.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from fsbench.registry import METHODS
+from methods.correlation.backbone_taps import mask_taps
+from methods.correlation.family import CorrelationConfig, CorrelationMethod
+from methods.correlation.hsnet_learner import HSNetLearner
+
+
+@dataclass
+class HSNetConfig(CorrelationConfig):
+    shot_aggregation: str = "vote"
+    loss: str = "hsnet"
+
+    # The shapes demo: a small backbone from scratch, trained with the learner (no ImageNet
+    # weights exist offline for it; a frozen random backbone gives the learner nothing to learn).
+    QUICK = {
+        "backbone": "resnet18",
+        "pretrained": False,
+        "train_backbone": True,
+        "batch_size": 4,
+        "train_steps": 1600,
+    }
+
+
+@METHODS.register("hsnet")
+class HSNet(CorrelationMethod):
+    Config = HSNetConfig
+    learner_class = HSNetLearner
+
+    def support_taps(self, images: Tensor, masks: Tensor) -> list[Tensor]:
+        return mask_taps(self.tap_backbone(images), masks)
