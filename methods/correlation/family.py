@@ -7,6 +7,7 @@ correlations and whether the learner sees the support masks (ASNet's attention m
 """
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -88,9 +89,9 @@ class CorrelationMethod(Method):
         return [parameter for module in self.modules().values() for parameter in module.parameters() if parameter.requires_grad]
 
     # --- the model -------------------------------------------------------------------------------
+    @abstractmethod
     def support_taps(self, images: Tensor, masks: Tensor) -> list[Tensor]:
         """Taps of support images [S, 3, H, W] with masks [S, H, W] (float) as the learner needs them."""
-        raise NotImplementedError
 
     def tap_backbone(self, images: Tensor) -> list[Tensor]:
         with torch.set_grad_enabled(self.config.train_backbone and torch.is_grad_enabled()):

@@ -106,7 +106,11 @@ class WayMaps:
             background = (shares < PRESENCE_THRESHOLD).all(dim=1).float()
             return {"fg_probs": shares, "bg_probs": background, "presence": shares.flatten(2).amax(dim=2),
                     "upsampling": "probabilities", "align_corners": True}
-        probabilities = self.shot_scores(size).mean(dim=0).softmax(dim=1)  # [Q, 1+N, H, W]
+        scores = self.shot_scores(size)
+        total = scores[0]
+        for shot_scores in scores[1:]:  # summed shot by shot, then divided, as iFSL does (same rounding)
+            total = total + shot_scores
+        probabilities = (total / self.shots).softmax(dim=1)  # [Q, 1+N, H, W]
         return {"fg_probs": probabilities[:, 1:], "bg_probs": probabilities[:, 0], "presence": self.presence(),
                 "upsampling": "log_probabilities", "align_corners": True}
 
