@@ -149,7 +149,7 @@ class CorrelationMethod(Method):
 
     def way_maps(self, episode: Episode) -> WayMaps:
         logits, _ = self.padded_shot_logits(episode)
-        return WayMaps(log_probs=logits.log_softmax(dim=3), aggregation=self.config.shot_aggregation)
+        return WayMaps(log_probs=logits.log_softmax(dim=3), aggregation=self.config.shot_aggregation, logits=logits)
 
     @torch.no_grad()
     def predict(self, episode: Episode) -> Prediction:

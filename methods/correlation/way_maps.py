@@ -6,9 +6,10 @@ learner, turned into log-probabilities by a softmax over the 2 channels. Then, a
   a pixel's label is the argmax over [merged background, way 1..N] of the log-probabilities;
 - class presence (collect_class_presence): way n is present when some pixel's foreground probability
   (per-way map, before upsampling) is >= 0.5;
-- upsampling: bilinear with align_corners=True of the log-probabilities (HSNet upsamples its raw
-  2-channel logits, also align_corners=True; the argmax is the same, since log-softmax shifts both
-  channels of a pixel by one constant and bilinear weights are shared by the channels).
+- upsampling: bilinear with align_corners=True of the merged log-probabilities (iFSL); under HSNet's
+  protocol (the vote rule) with one way, of the raw 2-channel logits, as HSNet does (the argmax is
+  the same but for rounding: log-softmax shifts both channels of a pixel by one constant, and
+  bilinear weights are shared by the channels).
 k shots:
 - "average" (iFSL): the shots' upsampled merged log-probabilities are averaged, the labels are the
   argmax of the average; a way is present when at least half of the shots say so.
@@ -44,10 +45,12 @@ class WayMaps:
     Attributes:
         log_probs: [K, Q, N, 2, h, w], log-softmax over (background, foreground of way n).
         aggregation: "vote" or "average".
+        logits: the raw 2-channel logits the log-probabilities came from, if known (see shot_scores).
     """
 
     log_probs: Tensor
     aggregation: str
+    logits: Tensor | None = None
 
     @property
     def shots(self) -> int:
@@ -70,12 +73,18 @@ class WayMaps:
         return (per_shot >= PRESENCE_THRESHOLD).float().mean(dim=0)
 
     def shot_scores(self, size: tuple[int, int] | None) -> Tensor:
-        """[K, Q, 1+N, H, W] merged log-probabilities, upsampled to ``size`` (None: kept as they are)."""
-        merged = self.merged()
+        """[K, Q, 1+N, H, W] per-shot scores whose argmax is the label, upsampled to ``size`` (None:
+        kept as they are): the merged log-probabilities (iFSL), or under HSNet's protocol (the vote)
+        with one way the raw logits, which HSNet upsamples and argmaxes (the same labels but for
+        rounding, which this way is the same too)."""
+        if self.aggregation == "vote" and self.log_probs.shape[2] == 1 and self.logits is not None:
+            scores = self.logits[:, :, 0]
+        else:
+            scores = self.merged()
         if size is None:
-            return merged
-        shots, queries = merged.shape[:2]
-        return upsample(merged.flatten(0, 1), size).unflatten(0, (shots, queries))
+            return scores
+        shots, queries = scores.shape[:2]
+        return upsample(scores.flatten(0, 1), size).unflatten(0, (shots, queries))
 
     def vote_shares(self, size: tuple[int, int]) -> Tensor:
         """[Q, N, H, W]: per way, the pixel's vote count over the way's largest count (at least 1)."""
@@ -113,6 +122,13 @@ class WayMaps:
         probabilities = (total / self.shots).softmax(dim=1)  # [Q, 1+N, H, W]
         return {"fg_probs": probabilities[:, 1:], "bg_probs": probabilities[:, 0], "presence": self.presence(),
                 "upsampling": "log_probabilities", "align_corners": True}
+
+    def fields_to_upsample(self, query_size: tuple[int, int]) -> dict:
+        """prediction_fields at the maps' own size where a caller's log-space, align_corners upsampling
+        then gives exactly the authors' labels at any scoring size (one shot, or the average rule);
+        at ``query_size`` for the vote over shots, which is taken at the scoring size."""
+        deferred = self.shots == 1 or self.aggregation == "average"
+        return self.prediction_fields(None if deferred else query_size)
 
     def prediction(self, size: tuple[int, int]) -> Prediction:
         """fsbench's Prediction at ``size`` (fg_probs and presence)."""
