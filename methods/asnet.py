@@ -29,12 +29,12 @@ class ASNetConfig(CorrelationConfig):
     shot_aggregation: str = "average"
     loss: str = "ifsl"
 
-    QUICK = {
+    QUICK = {  # as hsnet's (methods/hsnet.py)
         "backbone": "resnet18",
         "pretrained": False,
         "train_backbone": True,
         "batch_size": 4,
-        "train_steps": 1600,
+        "train_steps": 400,
     }
 
 

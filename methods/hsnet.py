@@ -27,14 +27,16 @@ class HSNetConfig(CorrelationConfig):
     shot_aggregation: str = "vote"
     loss: str = "hsnet"
 
-    # The shapes demo: a small backbone from scratch, trained with the learner (no ImageNet
-    # weights exist offline for it; a frozen random backbone gives the learner nothing to learn).
+    # The shapes demo: resnet18 from scratch, trained end to end with the learner (no ImageNet
+    # weights offline). Measured on shapes fold 0 (128 px, 100 test episodes): neither this nor a
+    # frozen random backbone finds objects within 2000 steps (loss 0.19 -> 0.14, every pixel
+    # background); correlations need pretrained features, so on shapes this checks the pipeline.
     QUICK = {
         "backbone": "resnet18",
         "pretrained": False,
         "train_backbone": True,
         "batch_size": 4,
-        "train_steps": 1600,
+        "train_steps": 400,
     }
 
 

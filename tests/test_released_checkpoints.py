@@ -80,7 +80,7 @@ def hsnet_file(tmp_path_factory, hsnet_source):
     assert state["module.hpn_learner.decoder2.2.bias"].shape == (2,)
     assert state["module.backbone.fc.weight"].shape == (1000, 2048)
     path = tmp_path_factory.mktemp("hsnet") / "best_model.pt"
-    torch.save(state, path)
+    torch.save(state, path, _use_new_zipfile_serialization=False)  # HSNet's PyTorch 1.5 wrote the legacy format
     return path
 
 
