@@ -119,7 +119,9 @@ class WayMaps:
         total = scores[0]
         for shot_scores in scores[1:]:  # summed shot by shot, then divided, as iFSL does (same rounding)
             total = total + shot_scores
-        probabilities = (total / self.shots).softmax(dim=1)  # [Q, 1+N, H, W]
+        # float64: distinct float32 scores keep distinct probabilities, so the argmax stays theirs
+        # (in float32 the softmax can round two near-equal scores to one value, a tie).
+        probabilities = (total / self.shots).double().softmax(dim=1)  # [Q, 1+N, H, W]
         return {"fg_probs": probabilities[:, 1:], "bg_probs": probabilities[:, 0], "presence": self.presence(),
                 "upsampling": "log_probabilities", "align_corners": True}
 
