@@ -46,6 +46,9 @@ class ASNetLearner(Decoder):
     """Correlation groups [deep, middle, shallow] ([P, L_g, ha, wa, hb, wb]) and support masks
     [P, H, W] (None: no attention masking) -> logits [P, 2, 2*ha2, 2*wa2]."""
 
+    # A state-dict key only this learner has (recognises released checkpoints).
+    SIGNATURE_KEY = "encoder_layer4.0.attn.qhead.weight"
+
     def __init__(self, group_sizes: tuple[int, int, int]):
         super().__init__()
         in_channels = dict(zip(("encoder_layer4", "encoder_layer3", "encoder_layer2"), group_sizes))

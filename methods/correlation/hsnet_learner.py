@@ -61,6 +61,9 @@ class HSNetLearner(Decoder):
     """Correlation groups [deep, middle, shallow] ([P, L_g, ha, wa, hb, wb]) -> logits [P, 2, 2*ha2, 2*wa2],
     where ha2 x wa2 is the query size of the shallow group (H/8 for ResNet)."""
 
+    # A state-dict key only this learner has (recognises released checkpoints).
+    SIGNATURE_KEY = "encoder_layer4.0.conv1.weight"
+
     def __init__(self, group_sizes: tuple[int, int, int]):
         super().__init__()
         out1, out2, out3 = SQUEEZE_CHANNELS

@@ -9,9 +9,10 @@ Two formats, both read through fsbench.foreign (weights_only, admitted stand-ins
   ``optimizer_states``, ``callbacks`` keyed by the class common.callbacks.CustomCheckpoint, whose
   state holds the ``dirpath`` the run saved under). Evaluated with iFSL's logit averaging, except
   VGG-16 ASNet, which only iFSL's FS-S code (HSNet's vote) has.
-The learner kind is read from the keys (center-pivot ``conv1`` / attentive ``attn.qhead``), the
-backbone from ``features.*`` (VGG-16) or the number of layer3 blocks (6: ResNet-50, 23: ResNet-101).
-asnet and asnethm have the same weights; a Lightning dirpath ending in one of the two names picks it.
+The learner is recognised by a key only it has (its SIGNATURE_KEY: center-pivot ``conv1`` / attentive
+``attn.qhead``), the backbone by ``features.*`` (VGG-16) or the number of layer3 blocks (6: ResNet-50,
+23: ResNet-101). asnet and asnethm have the same weights; a Lightning dirpath ending in one of the two
+names picks it.
 Matching is strict: every key of the file must be a key of the method (same shape) or the
 backbone's ImageNet classifier, which fsbench does not keep and drops by name.
 """
@@ -25,13 +26,12 @@ import torchvision
 
 from fsbench.checkpoint_import import ForeignState
 from fsbench.foreign import ForeignFile, find_state_dict, strict_match, strip_prefix
+from fsbench.registry import METHODS
 from methods.correlation.backbone_taps import build_taps
 
 HSNET_FORMAT = "hsnet-dataparallel"
 IFSL_FORMAT = "ifsl-lightning"
-LEARNER_KINDS = {"learner.encoder_layer4.0.conv1.weight": "center_pivot", "learner.encoder_layer4.0.attn.qhead.weight": "attentive"}
 RESNET_DEPTH_BY_LAYER3_BLOCKS = {6: "resnet50", 23: "resnet101"}
-CORRELATION_METHODS = ("hsnet", "asnet", "asnethm")
 
 
 def _is_lightning(content) -> bool:
@@ -89,15 +89,12 @@ def foreign_state_for(method_class, foreign: ForeignFile) -> ForeignState | None
     else:
         return None
 
-    kind = next((kind for key, kind in LEARNER_KINDS.items() if key in state), None)
-    own_kind = "center_pivot" if method_class.registry_name == "hsnet" else "attentive"
     backbone = _backbone_of(state)
-    if kind != own_kind or backbone is None:
+    if f"learner.{method_class.learner_class.SIGNATURE_KEY}" not in state or backbone is None:
         return None
-    if kind == "attentive" and "saved_under" in details:
-        named = PurePosixPath(details["saved_under"]).name
-        if named in CORRELATION_METHODS[1:] and named != method_class.registry_name:
-            return None  # iFSL saved it as the other attentive method
+    named = PurePosixPath(details.get("saved_under", "")).name
+    if named != method_class.registry_name and named in METHODS and METHODS.get(named).learner_class is method_class.learner_class:
+        return None  # iFSL saved it under the name of the other method with these weights
 
     head = classifier_shapes(backbone)
     expected = {**expected_state(method_class, backbone), **{key: torch.empty(shape, device="meta") for key, shape in head.items()}}
