@@ -5,30 +5,14 @@ A benchmark does no sampling (that is fsbench.sampler) and no resizing (fsbench.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
 
+from fsbench.benchmark_options import BenchmarkOptions  # noqa: F401  (benchmarks import it from here)
 from fsbench.errors import FsbenchError
 
 SPLITS = ("train", "test")
-
-
-@dataclass
-class BenchmarkOptions:
-    """Settings that some benchmarks read; each ignores the ones it does not need."""
-
-    protocol: str = "hsnet"
-    split_dir: Path | None = None
-    class_split: str = "interleaved"
-    # Skip image/mask pairs found broken while indexing (and report how many) instead of stopping.
-    skip_bad: bool = False
-    # coco_json: the on-disk layout ("auto", "separate_json", "unified", "separate"), the number of
-    # folds over the categories, or explicit novel-class lists (one list of category ids per fold).
-    layout: str = "auto"
-    folds: int | None = None
-    fold_classes: list[list[int]] | None = None
 
 
 class Benchmark(ABC):
@@ -92,6 +76,11 @@ class Benchmark(ABC):
                 by_class.setdefault(class_id_of_pair, []).append(image_id)
             index[split] = by_class
         return index[split].get(class_id, [])
+
+    def identity(self) -> str:
+        """What makes two benchmarks the same data for the checkpoint guard: the registry name (a
+        benchmark over user data adds which dataset)."""
+        return self.registry_name
 
     def describe(self) -> dict:
         """Facts about the data a run used, recorded in results.json."""

@@ -119,6 +119,9 @@ class CocoJson(Benchmark):
             label[torch.isin(label, self._novel_tensor)] = 0  # novel classes stay unseen in training
         return image, label
 
+    def identity(self) -> str:
+        return f"{self.registry_name}:{self.root.resolve()}"
+
     def describe(self) -> dict:
         return {
             **super().describe(),

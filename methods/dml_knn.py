@@ -10,7 +10,6 @@ learning rate), so they actually train.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -18,11 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsbench.backbones import load_imagenet_weights
+from fsbench.engine.plan import Optimiser, ParameterGroup, Schedule, StepContext, TrainingContext, TrainingStage
 from fsbench.episode import IGNORE_INDEX, Episode, Prediction
 from fsbench.losses import proxy_anchor_loss
 from fsbench.registry import METHODS
-from fsbench.train import BaseClassImages, TrainSettings, train_supervised
-from methods.base import Method, MethodConfig
+from methods.base import Method, MethodConfig, round_up
 
 
 @dataclass
@@ -114,54 +113,55 @@ class DMLKNN(Method):
         """[B, 3, H, W] -> [B, D, H, W] L2-normalised pixel embeddings."""
         return F.normalize(self.network(images), dim=1)
 
+    def valid_size(self, height: int, width: int) -> tuple[int, int]:
+        # UNet++'s five poolings need sides divisible by 32 (smp refuses anything else).
+        return round_up(height, 32), round_up(width, 32)
+
     # --- training -----------------------------------------------------------------------------
-    def fit(self, benchmark, settings: TrainSettings) -> None:
-        if settings.steps <= 0:
-            return
-        dataset = BaseClassImages(benchmark, settings.transform, seed=settings.seed)
-        self.proxies.resize(dataset.num_classes)
-        self.proxies.to(self.device)
-        self._initialise_proxies(dataset, settings)
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": self.network.parameters(), "lr": self.config.lr},
-                {"params": self.proxies.parameters(), "lr": self.config.lr * self.config.proxy_lr_multiplier},
-            ],
-            weight_decay=1e-4,
-        )
-        # Cosine decay to 0 over the budget: on shapes (fold 0) 1500 steps reach about the 2-way
-        # ER of 3000 steps at a constant rate.
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda done: 0.5 * (1 + math.cos(math.pi * done / settings.steps))
-        )
-        generator = torch.Generator().manual_seed(settings.seed)
+    def training_stages(self, context: TrainingContext) -> list[TrainingStage]:
+        """One stage: Proxy-Anchor on class-balanced pixel samples of base-class image batches.
+        AdamW (weight decay 1e-4), proxies at proxy_lr_multiplier x the lr, cosine decay to 0 over the
+        budget (on shapes fold 0, 1500 steps reach about the 2-way ER of 3000 at a constant rate),
+        gradient norm of the network clipped at 10."""
+        config = self.config
 
-        def step(images: Tensor, labels: Tensor) -> dict[str, float]:
-            embeddings = self.network(images)
-            sampled, sampled_labels = sample_pixels(embeddings, labels, self.config.pixels_per_image, generator)
-            loss = proxy_anchor_loss(sampled, sampled_labels, self.proxies.weight, self.config.alpha, self.config.delta)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 10.0)
-            optimizer.step()
-            schedule.step()
-            return {"loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}
+        def initialise() -> None:
+            self.proxies.resize(context.num_labels)
+            self._initialise_proxies(context)
 
-        train_supervised(self, dataset, settings, step)
+        return [
+            TrainingStage(
+                name="train",
+                steps=context.steps,
+                data="images",
+                batch_size=config.batch_size,
+                optimiser=Optimiser("adamw", lr=config.lr, weight_decay=1e-4),
+                schedule=Schedule("cosine"),
+                parameter_groups=lambda: [
+                    ParameterGroup("network", list(self.network.parameters())),
+                    ParameterGroup("proxies", list(self.proxies.parameters()), lr_multiplier=config.proxy_lr_multiplier, clip=False),
+                ],
+                loss=self.metric_loss,
+                initialise=initialise,
+                clip_grad_norm=10.0,
+            )
+        ]
+
+    def metric_loss(self, batch: tuple[Tensor, Tensor], context: StepContext) -> dict[str, Tensor]:
+        """Proxy-Anchor loss of a batch: images [B, 3, H, W], training labels [B, H, W]."""
+        images, labels = batch
+        sampled, sampled_labels = sample_pixels(self.network(images), labels, self.config.pixels_per_image, context.generator)
+        return {"loss": proxy_anchor_loss(sampled, sampled_labels, self.proxies.weight, self.config.alpha, self.config.delta)}
 
     @torch.no_grad()
-    def _initialise_proxies(self, dataset: BaseClassImages, settings: TrainSettings) -> None:
-        """Proxy c = normalised sum of sampled embeddings of class c from a few batches; a class not
-        seen in those batches gets a random unit vector."""
-        generator = torch.Generator().manual_seed(settings.seed + 1)
+    def _initialise_proxies(self, context: TrainingContext) -> None:
+        """Proxy c = normalised sum of sampled embeddings of label c over a few batches of training
+        images; a label not seen in those batches gets a random unit vector."""
+        generator = torch.Generator().manual_seed(context.seed + 1)
         sums = torch.zeros_like(self.proxies.weight)
-        order = torch.randperm(len(dataset), generator=generator)
-        count = min(len(dataset), self.config.proxy_init_batches * settings.batch_size)
         self.network.eval()
-        for start in range(0, count, settings.batch_size):
-            batch = [dataset[int(index)] for index in order[start : start + settings.batch_size]]
-            images = torch.stack([image for image, _ in batch]).to(self.device)
-            labels = torch.stack([label for _, label in batch]).to(self.device)
+        count = self.config.proxy_init_batches * self.config.batch_size
+        for images, labels in context.image_batches(count, self.config.batch_size, context.seed + 1):
             embeddings, sampled_labels = sample_pixels(self.embed(images), labels, self.config.pixels_per_image, generator)
             sums.index_add_(0, sampled_labels, embeddings)
         unseen = sums.norm(dim=1) == 0

@@ -19,11 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from fsbench.backbones import FeatureExtractor
+from fsbench.engine.plan import Optimiser, ParameterGroup, Schedule, StepContext, TrainingContext, TrainingStage
 from fsbench.episode import Episode, Prediction
 from fsbench.errors import FsbenchError
 from fsbench.losses import segmentation_loss
 from fsbench.registry import METHODS
-from fsbench.train import TrainSettings, train_episodic
 from methods.base import Method, MethodConfig
 from methods.prototypes import POOLING_EPSILON, cosine_logits, masked_average_pool, pooling_weights
 
@@ -37,7 +37,7 @@ class PANetConfig(MethodConfig):
     backbone: str = "vgg16"
     pretrained: bool = True
     lr: float = 1e-3
-    # Episodes per optimiser step (gradients are accumulated); train_steps counts episodes.
+    # Episodes per optimiser step (gradients are accumulated); train_steps counts optimiser steps.
     batch_size: int = 1
     train_steps: int = 30000
     optimizer: str = "sgd"
@@ -70,9 +70,6 @@ class PANet(Method):
             raise FsbenchError(f"unknown optimizer {config.optimizer!r} for panet; available: {', '.join(OPTIMIZERS)}")
         self.loss_function = segmentation_loss(config.loss)
         self.encoder = FeatureExtractor(config.backbone, config.pretrained)
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-        self.accumulated = 0
         self.to(self.device)
 
     def modules(self) -> dict[str, nn.Module]:
@@ -126,33 +123,28 @@ class PANet(Method):
         return total / way
 
     # --- training -----------------------------------------------------------------------------
-    def fit(self, benchmark, settings: TrainSettings) -> None:
-        self._make_optimizer(total_steps=settings.steps)
-        train_episodic(self, benchmark, settings)
-        if self.accumulated:  # a last partial batch of episodes still updates the model
-            self._optimizer_step()
-
-    def _make_optimizer(self, total_steps: int | None) -> None:
-        parameters = [parameter for parameter in self.encoder.parameters() if parameter.requires_grad]
-        if self.config.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(
-                parameters, lr=self.config.lr, momentum=self.config.momentum, weight_decay=self.config.weight_decay
+    def training_stages(self, context: TrainingContext) -> list[TrainingStage]:
+        """Episodic training: segmentation loss on the query plus PAR, batch_size episodes per update,
+        the lr divided by 1 / lr_decay after each third of the budget."""
+        config = self.config
+        return [
+            TrainingStage(
+                name="train",
+                steps=context.steps,
+                data="episodes",
+                batch_size=config.batch_size,
+                optimiser=Optimiser(config.optimizer, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum),
+                schedule=Schedule("step", milestones=(1 / 3, 2 / 3), gamma=config.lr_decay),
+                parameter_groups=lambda: [
+                    ParameterGroup("encoder", [parameter for parameter in self.encoder.parameters() if parameter.requires_grad])
+                ],
+                loss=self.episode_loss,
             )
-        else:
-            self.optimizer = torch.optim.Adam(parameters, lr=self.config.lr, weight_decay=self.config.weight_decay)
-        self.scheduler = None
-        updates = (total_steps or 0) // max(self.config.batch_size, 1)
-        if updates >= 3:
-            milestones = [updates // 3, 2 * updates // 3]
-            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=self.config.lr_decay)
-        self.accumulated = 0
+        ]
 
-    def _optimizer_step(self) -> None:
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scheduler is not None:
-            self.scheduler.step()
-        self.accumulated = 0
+    def episode_loss(self, episode: Episode, context: StepContext) -> dict[str, Tensor]:
+        losses = self.training_losses(episode)
+        return {"loss": losses["total"], "alignment": losses["alignment"].detach()}
 
     def training_losses(self, episode: Episode) -> dict[str, Tensor]:
         """{"segmentation", "alignment", "total"} of one training episode (query masks are read)."""
@@ -161,16 +153,6 @@ class PANet(Method):
         alignment = self.alignment_loss(episode, query_logits, support_features, query_features)
         total = segmentation + self.config.alignment_weight * alignment
         return {"segmentation": segmentation, "alignment": alignment, "total": total}
-
-    def train_step(self, episode: Episode) -> dict[str, float]:
-        if self.optimizer is None:
-            self._make_optimizer(total_steps=None)
-        losses = self.training_losses(episode)
-        (losses["total"] / max(self.config.batch_size, 1)).backward()
-        self.accumulated += 1
-        if self.accumulated >= self.config.batch_size:
-            self._optimizer_step()
-        return {"loss": losses["total"].item(), "alignment": losses["alignment"].item()}
 
     # --- inference ----------------------------------------------------------------------------
     @torch.no_grad()

@@ -12,7 +12,7 @@ from pycocotools import mask as mask_utils
 
 from benchmarks.base import BenchmarkOptions
 from benchmarks.coco_json import CocoJson
-from benchmarks.fake_datasets import make_custom
+from fsbench.fixtures import make_custom
 from fsbench.errors import FsbenchError
 from fsbench.sampler import EpisodeSampler
 

@@ -1,8 +1,6 @@
-"""The evaluation loop: episodes -> method.predict -> metrics -> results.json + episodes.csv."""
+"""The evaluation loop: episodes -> method.predict (padded to a size it takes) -> metrics -> records."""
 from __future__ import annotations
 
-import csv
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,8 +9,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from fsbench.engine.data import SkippedItem, SkippingEpisodes
+from fsbench.engine.padding import predict_padded
 from fsbench.episode import Episode, Prediction, collate_episodes
 from fsbench.metrics import FSSIoU, PresenceScore, QueryCounts
+from fsbench.run_folder import write_csv_atomically
 from fsbench.sampler import EpisodeSampler
 
 
@@ -43,6 +44,11 @@ class EvaluationSettings:
     batch_size: int = 1
     original_size: bool = False
     progress: bool = True
+    # How labels are read from probabilities: "argmax" over [background, ways] (iFSL / HSNet) or
+    # "threshold" (a way where its probability >= 0.5); see Prediction.labels.
+    label_rule: str = "argmax"
+    # Episodes with a file found broken while loading are skipped (and listed) instead of stopping.
+    skip_bad: bool = False
     # Called as on_episode(episode, prediction, query_ious) for every episode (e.g. renders).
     on_episode: object = None
 
@@ -52,17 +58,16 @@ def _synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _score(episode: Episode, prediction: Prediction, iou: FSSIoU, presence: PresenceScore, original_size: bool):
+def _score(episode: Episode, prediction: Prediction, iou: FSSIoU, presence: PresenceScore, settings: EvaluationSettings):
     """Update the metrics with one episode; returns (QueryCounts, predicted presence [Q, N])."""
     way_ids = episode.class_ids.unsqueeze(0).expand(episode.num_queries, -1)
     predicted_presence = presence.update(prediction.presence, episode.query_presence)
-    if not original_size:
-        return iou.update(prediction.labels(), episode.query_masks, way_ids), predicted_presence
-    # Each query is scored at its own original size: bilinear upsampling of the probabilities.
+    if not settings.original_size:
+        return iou.update(prediction.labels(settings.label_rule), episode.query_masks, way_ids), predicted_presence
+    # Each query is scored at its own original size, its maps upsampled as the method's authors do.
     parts = []
     for query, target in enumerate(episode.query_original_masks):
-        single = Prediction(prediction.fg_probs[query : query + 1], prediction.presence[query : query + 1])
-        labels = single.resized(tuple(target.shape)).labels()
+        labels = prediction.query(query).resized(tuple(target.shape)).labels(settings.label_rule)
         parts.append(iou.update(labels, target.unsqueeze(0), way_ids[query : query + 1]))
     return QueryCounts(*(torch.cat(tensors) for tensors in zip(*parts))), predicted_presence
 
@@ -109,14 +114,17 @@ def query_ious(rows: list[dict]) -> list[float]:
 def evaluate(method, sampler: EpisodeSampler, settings: EvaluationSettings, class_names: dict[int, str], run_dir: Path | None = None) -> dict:
     """Evaluate ``method`` on every episode of ``sampler``.
 
-    Returns {"miou", "fbiou", "er", "class_iou" (keyed by class name), "timing"}; with ``run_dir``,
-    also writes episodes.csv there (one row per episode and query).
+    Returns {"miou", "fbiou", "er", "class_iou" (keyed by class name), "timing", "episodes" (scored),
+    "skipped_episodes" ([{"episode", "reason"}])}; with ``run_dir``, also writes episodes.csv there
+    (one row per episode and query).
     """
     device = settings.device
     iou = FSSIoU(sampler.class_ids, device=device)
     presence = PresenceScore(device=device)
+    skipped: list[dict] = []
+    scored = 0
     loader = DataLoader(
-        sampler,
+        SkippingEpisodes(sampler, settings.skip_bad),
         batch_size=settings.batch_size,
         shuffle=False,
         num_workers=settings.nworker,
@@ -134,18 +142,22 @@ def evaluate(method, sampler: EpisodeSampler, settings: EvaluationSettings, clas
         for batch in loader:
             timing.data_s += time.perf_counter() - waiting_since
             for episode in batch:
+                if isinstance(episode, SkippedItem):
+                    skipped.append({"episode": episode.index, "reason": episode.reason})
+                    continue
+                scored += 1
                 episode = episode.to(device)
                 predict_started = time.perf_counter()
-                prediction = method.predict(episode.without_query_labels())
+                prediction = predict_padded(method, episode.without_query_labels())
                 _synchronise(device)
                 timing.predict_s += time.perf_counter() - predict_started
 
                 metrics_started = time.perf_counter()
-                counts, predicted_presence = _score(episode, prediction, iou, presence, settings.original_size)
+                counts, predicted_presence = _score(episode, prediction, iou, presence, settings)
                 episode_rows = _episode_rows(episode, counts, predicted_presence, class_names)
                 rows.extend(episode_rows)
                 if settings.on_episode is not None:
-                    settings.on_episode(episode.to("cpu"), Prediction(prediction.fg_probs.cpu(), prediction.presence.cpu()), query_ious(episode_rows))
+                    settings.on_episode(episode.to("cpu"), prediction.to("cpu"), query_ious(episode_rows))
                 timing.metrics_s += time.perf_counter() - metrics_started
             bar.update(len(batch))
             if len(rows) and bar.n % 50 < len(batch):
@@ -155,9 +167,13 @@ def evaluate(method, sampler: EpisodeSampler, settings: EvaluationSettings, clas
     timing.total_s = time.perf_counter() - started
 
     scores = iou.compute()
+    if skipped:
+        print(f"fsbench: skipped {len(skipped)} episode(s) with a bad file (--skip-bad); first: {skipped[0]['reason']}", flush=True)
     if run_dir is not None:
         write_episodes_csv(Path(run_dir) / "episodes.csv", rows)
     return {
+        "episodes": scored,
+        "skipped_episodes": skipped,
         "miou": scores["miou"],
         "fbiou": scores["fbiou"],
         "er": presence.compute()["er"],
@@ -170,11 +186,4 @@ def write_episodes_csv(path: Path, rows: list[dict]) -> None:
     columns: list[str] = []
     for row in rows:  # ways may differ between rows only in count; keep first-seen column order
         columns.extend(key for key in row if key not in columns)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def write_json(path: Path, payload: dict) -> None:
-    Path(path).write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    write_csv_atomically(path, rows, columns)

@@ -1,0 +1,250 @@
+"""fit: run a method's training stages - optimiser, schedule, clipping, accumulation, padding, logging,
+validation, periodic checkpoints and resume - so that no method writes a training loop.
+
+Determinism: every batch is a pure function of (seed, stage, position) (fsbench.engine.data), the
+learning rate a pure function of the step (Schedule), and before every update the global torch RNG
+and the loss's generator are seeded from (seed, stage, step). So a run resumed from a checkpoint
+makes exactly the updates an uninterrupted run makes: on CPU the final weights are equal.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fsbench.engine.curves import TrainLog
+from fsbench.engine.data import BaseClassImageStream, SkippedItem, episode_batches, image_batches
+from fsbench.engine.padding import pad_batch, pad_episode
+from fsbench.engine.plan import StepContext, TrainingContext, TrainingStage
+from fsbench.engine.training_state import TrainingState, load_training_state, rng_state, save_training_state
+from fsbench.errors import FsbenchError
+from fsbench.sampler import EpisodeSampler
+
+# Validation episodes come from the training classes with this offset on the run's seed, so they are
+# other episodes than the ones trained on (images of the training split may recur).
+VALIDATION_SEED_OFFSET = 7919
+
+
+@dataclass
+class FitSettings:
+    """How long and on what a method trains (its Config says how: lr, losses, schedule...).
+
+    Attributes:
+        steps: the training budget in optimiser updates, which the method splits over its stages.
+        checkpoint_every: write the resumable training state every this many updates (and at the
+            end of every stage); 0 = only at stage ends.
+        validate_every: validate on ``validation_episodes`` held-out episodes of the TRAINING classes
+            every this many updates (0 = never); the test fold's classes are never used.
+        validate: callable(method, sampler) -> {"miou", "er"}; the evaluation loop, injected so that
+            fit does not depend on how evaluation reports.
+    """
+
+    steps: int
+    transform: Callable
+    seed: int = 0
+    way: int = 1
+    shot: int = 1
+    task: str = "fss"
+    nworker: int = 0
+    progress: bool = True
+    checkpoint_every: int = 500
+    validate_every: int = 0
+    validation_episodes: int = 100
+    validate: Callable | None = None
+    skip_bad: bool = False
+    log_every: int = 1
+    metadata: dict = field(default_factory=dict)  # written into the training checkpoint
+    on_step: Callable[[int, dict], None] | None = None  # called with (global step, logged row) after each update
+
+
+@dataclass
+class FitSummary:
+    steps_done: int = 0
+    skipped_items: int = 0
+    seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
+    checkpoints: int = 0
+    validation: list = field(default_factory=list)  # [(step, {"miou", "er"})]
+
+
+def step_seed(seed: int, stage: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, stage, step, 0x57E9]).generate_state(1)[0])
+
+
+def fit(method, benchmark, settings: FitSettings, run_dir: Path | None, resume: bool = False) -> FitSummary:
+    """Train ``method`` on ``benchmark``'s base classes; with ``resume``, continue from run_dir's
+    training checkpoint (the method must have been built with the same settings)."""
+    summary = FitSummary()
+    started = time.perf_counter()
+    context = TrainingContext(
+        steps=settings.steps, base_classes=benchmark.classes("train"), way=settings.way, shot=settings.shot,
+        task=settings.task, seed=settings.seed, image_batches=_image_batches(method, benchmark, settings),
+    )
+    stages: list[TrainingStage] = [stage for stage in method.training_stages(context) if stage.steps > 0]
+    saved = load_training_state(run_dir) if resume and run_dir is not None else None
+    if resume and saved is None:
+        print(f"fsbench: {run_dir} has no training checkpoint yet; training from the start", flush=True)
+    start_stage, start_step = 0, 0
+    if saved is not None:
+        state, _ = saved
+        start_stage, start_step = state.stage, state.step
+        method.load_state_dict({key: value.to(method.device) for key, value in state.model.items()})
+        torch.set_rng_state(state.rng)
+    offsets = np.cumsum([0] + [stage.steps for stage in stages]).tolist()
+    log = TrainLog(run_dir, resume_from_step=offsets[start_stage] + start_step if saved else None) if run_dir else None
+    total = offsets[-1]
+    bar = tqdm(total=total, initial=offsets[start_stage] + start_step, desc=f"train {method.registry_name}",
+               disable=not settings.progress, dynamic_ncols=True)
+    image_stream = None
+    for stage_index, stage in enumerate(stages):
+        if stage_index < start_stage:
+            continue
+        fresh = saved is None or stage_index != start_stage
+        if stage.enter is not None:
+            stage.enter()
+        if fresh and stage.initialise is not None:
+            stage.initialise()
+        groups = stage.parameter_groups()
+        optimiser = stage.optimiser.build(groups)
+        if not fresh:
+            optimiser.load_state_dict(saved[0].optimiser)
+        clipped = [parameter for group in groups if group.clip for parameter in group.parameters]
+        base_rates = [group["lr"] for group in optimiser.param_groups]
+        first = 0 if fresh else start_step
+        if stage.data == "images":
+            image_stream = image_stream or BaseClassImageStream(benchmark, settings.transform, settings.seed, skip_bad=settings.skip_bad)
+            loader = image_batches(image_stream, min(stage.batch_size, len(image_stream)), first, stage.steps,
+                                   settings.nworker, method.device.type == "cuda")
+        else:
+            sampler = EpisodeSampler(
+                benchmark, "train", way=settings.way, shot=settings.shot, episodes=stage.steps * stage.batch_size,
+                seed=settings.seed + stage_index, task=settings.task, transform=settings.transform,
+            )
+            loader = episode_batches(sampler, stage.batch_size, first, stage.steps, settings.nworker, settings.skip_bad)
+        _set_modes(method, stage)
+        for step, batch in zip(range(first, stage.steps), loader):
+            factor = stage.schedule.factor(step, stage.steps)
+            for group, base in zip(optimiser.param_groups, base_rates):
+                group["lr"] = base * factor
+            scalars, skipped = single_update(method, stage, optimiser, batch, step_seed(settings.seed, stage_index, step), step, clipped)
+            summary.skipped_items += skipped
+            global_step = offsets[stage_index] + step + 1
+            row = {"step": global_step, "stage": stage.name, "stage_step": step + 1, "lr": optimiser.param_groups[0]["lr"], **(scalars or {})}
+            if settings.validate_every and settings.validate and global_step % settings.validate_every == 0:
+                row.update(_validate(method, benchmark, settings, stage, summary, global_step))
+            if log is not None and (global_step % settings.log_every == 0 or "val_miou" in row):
+                log.append(row)
+            if settings.on_step is not None:
+                settings.on_step(global_step, row)
+            bar.set_postfix({key: f"{value:.4g}" for key, value in row.items() if key in ("loss", "lr")}, refresh=False)
+            bar.update(1)
+            summary.steps_done += 1
+            at_end = step + 1 == stage.steps
+            if run_dir is not None and (at_end or (settings.checkpoint_every and global_step % settings.checkpoint_every == 0)):
+                checkpoint_started = time.perf_counter()
+                state = TrainingState(stage_index, step + 1, method.state_dict(), optimiser.state_dict(), rng_state())
+                save_training_state(run_dir, state, settings.metadata)
+                summary.checkpoint_seconds += time.perf_counter() - checkpoint_started
+                summary.checkpoints += 1
+    bar.close()
+    method.eval()
+    if log is not None:
+        log.plot()
+    summary.seconds = time.perf_counter() - started
+    if summary.skipped_items:
+        print(f"fsbench: skipped {summary.skipped_items} training item(s) with a bad file (--skip-bad)", flush=True)
+    return summary
+
+
+def _image_batches(method, benchmark, settings: FitSettings):
+    """TrainingContext.image_batches for this run (see there)."""
+
+    def batches(count: int, batch_size: int, seed: int):
+        stream = BaseClassImageStream(benchmark, settings.transform, seed, flip=False, skip_bad=settings.skip_bad)
+        count = min(count, len(stream))
+        for start in range(0, count, batch_size):
+            items = [item for item in (stream[position] for position in range(start, min(start + batch_size, count))) if item is not None]
+            if not items:
+                continue
+            images = torch.stack([image for image, _ in items]).to(method.device)
+            labels = torch.stack([label for _, label in items]).to(method.device)
+            yield pad_batch(images, labels, tuple(method.valid_size(*images.shape[-2:])))
+
+    return batches
+
+
+def _set_modes(method, stage: TrainingStage) -> None:
+    method.train()
+    modules = method.modules()
+    for name in stage.eval_modules:
+        if name not in modules:
+            raise ValueError(f"stage {stage.name!r} keeps unknown module {name!r} in eval mode")
+        modules[name].eval()
+
+
+def single_update(method, stage: TrainingStage, optimiser, batch, seed: int, step: int = 0, clipped: list | None = None) -> tuple[dict | None, int]:
+    """One optimiser update of ``stage`` on ``batch`` (an image batch, or a list of episodes whose
+    gradients are accumulated), with the torch RNG and the loss's generator seeded from ``seed``.
+
+    Returns (the scalars to log, or None when every item was skipped and nothing was updated;
+    the number of items skipped).
+    """
+    torch.manual_seed(seed)
+    context = StepContext(step=step, generator=torch.Generator().manual_seed(seed))
+    optimiser.zero_grad(set_to_none=True)
+    scalars, skipped = _accumulate(method, stage, batch, context)
+    if scalars is not None:
+        if stage.clip_grad_norm is not None and clipped:
+            torch.nn.utils.clip_grad_norm_(clipped, stage.clip_grad_norm)
+        optimiser.step()
+    return scalars, skipped
+
+
+def _accumulate(method, stage: TrainingStage, batch, context: StepContext) -> tuple[dict | None, int]:
+    """Backward the loss of one update; returns (scalars to log, or None when nothing was trained;
+    items skipped)."""
+    device = method.device
+    if stage.data == "images":
+        if batch is None:  # every image of the batch was bad and skipped
+            return None, stage.batch_size
+        images, labels, skipped = batch
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images, labels = pad_batch(images, labels, tuple(method.valid_size(*images.shape[-2:])))
+        outputs = stage.loss((images, labels), context)
+        outputs["loss"].backward()
+        return _scalars(outputs), skipped
+    episodes = [episode for episode in batch if not isinstance(episode, SkippedItem)]
+    skipped = len(batch) - len(episodes)
+    if not episodes:
+        return None, skipped
+    totals: dict[str, float] = {}
+    for episode in episodes:
+        episode = episode.to(device)
+        episode = pad_episode(episode, tuple(method.valid_size(*episode.query_images.shape[-2:])))
+        outputs = stage.loss(episode, context)
+        (outputs["loss"] / len(episodes)).backward()
+        for key, value in _scalars(outputs).items():
+            totals[key] = totals.get(key, 0.0) + value / len(episodes)
+    return totals, skipped
+
+
+def _scalars(outputs: dict) -> dict[str, float]:
+    if "loss" not in outputs:
+        raise FsbenchError("a training stage's loss must return a dict with a 'loss' entry")
+    return {key: float(value.detach()) if torch.is_tensor(value) else float(value) for key, value in outputs.items()}
+
+
+def _validate(method, benchmark, settings: FitSettings, stage: TrainingStage, summary: FitSummary, global_step: int) -> dict:
+    sampler = EpisodeSampler(
+        benchmark, "train", way=settings.way, shot=settings.shot, episodes=settings.validation_episodes,
+        seed=settings.seed + VALIDATION_SEED_OFFSET, task=settings.task, transform=settings.transform,
+    )
+    scores = settings.validate(method, sampler)
+    summary.validation.append((global_step, scores))
+    _set_modes(method, stage)
+    return {"val_miou": round(scores["miou"], 4), "val_er": round(scores["er"], 4)}
