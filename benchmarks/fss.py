@@ -1,7 +1,7 @@
 """`fss`: FSS-1000 (Li et al. 2020): 1000 class folders of 10 image/mask pairs.
 
 Masks are thresholded at 128. The standard class split (520 train / 240 val / 240 test, HSNet's
-data/splits/fss/{trn,val,test}.txt) is read from ``--split-dir`` or <datapath>/splits/fss; without
+data/splits/fss/{trn,val,test}.txt) is read from <datapath>/splits/fss or ``--split-dir``; without
 lists a seeded split in the same proportions is used and results.json says it is non-standard. The
 test protocol visits every test image once as the query: the default episode count is the number
 of test images (2400 on the full dataset).
@@ -59,7 +59,7 @@ class Fss1000(Benchmark):
         self.default_episodes = len(self._pairs["test"])
 
     def _class_split(self, names: list[str]) -> dict[str, list[str]]:
-        folder = find_split_folder(self.options.split_dir, self.datapath / "splits", "fss", list(SPLIT_FILES.values()))
+        folder = find_split_folder(self.options.split_dir, self.datapath, "fss", list(SPLIT_FILES.values()))
         if folder is not None:
             self.split_source, self.standard_split = f"lists in {folder}", True
             split = {}
