@@ -8,7 +8,8 @@ HSNet's pre-rendered class PNGs (annotations/{train,val}2014/*.png). The (image,
 HSNet's when its lists are present (<datapath>/splits/coco/{trn,val}/fold<k>.pkl, or ``--split-dir``;
 interleaved split only); otherwise a pair needs at least 2x32x32 visible pixels of the class. The
 index is built once per source and cached under <datapath>/cache/coco; masks are decoded when an
-image is loaded, i.e. in the loader workers.
+image is loaded, i.e. in the loader workers. Queries draw a class uniformly, then one of its images
+(as HSNet and iFSL do), so the few huge classes (person) do not take most episodes.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from benchmarks.files import check_same_size, inside_root, require_tree
 from benchmarks.split_lists import MIN_OBJECT_PIXELS, Pairs, find_split_folder, pairs_fingerprint, pairs_from_pixel_counts
 from fsbench.errors import FsbenchError
 from fsbench.registry import BENCHMARKS
+from fsbench.replay import ReplayLists
 from fsbench.transforms import read_image, read_label
 
 NUM_CLASSES = 80
@@ -42,6 +44,7 @@ class Coco(Benchmark):
     default_episodes = 1000
     # PFENet evaluates COCO-20i on 20000 episodes at 641 x 641.
     protocol_defaults = {"pfenet": {"episodes": 20000, "img_size": 641}}
+    query_draw = "class"
 
     def __init__(self, datapath: Path, fold: int, options: BenchmarkOptions | None = None):
         super().__init__(datapath, fold, options)
@@ -134,6 +137,18 @@ class Coco(Benchmark):
         if split == "train":
             label[torch.isin(label, self._novel_tensor)] = 0  # novel classes stay unseen in training
         return image, label
+
+    def replay_lists(self, split: str) -> ReplayLists:
+        """HSNet's and iFSL's view of the lists: per class the images in list order, classes ascending
+        (their class_ids), from which their loaders draw a class, then an image."""
+        if not self.standard_lists:
+            raise FsbenchError(f"--replay needs HSNet's COCO lists (splits/coco/{{trn,val}}/fold{self.fold}.pkl under the data folder or --split-dir); these lists were {self.list_source}")
+        return ReplayLists(
+            source=self.list_source,
+            query_pairs=tuple(self._pairs[split]),
+            images_by_class={class_id: tuple(self.images_of_class(split, class_id)) for class_id in self.classes(split)},
+            class_order=tuple(self.classes(split)),
+        )
 
     def describe(self) -> dict:
         return {

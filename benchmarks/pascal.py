@@ -28,6 +28,7 @@ from benchmarks.split_lists import (
 )
 from fsbench.errors import FsbenchError
 from fsbench.registry import BENCHMARKS
+from fsbench.replay import ReplayLists
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -144,6 +145,19 @@ class Pascal(Benchmark):
         if split == "train":
             label[torch.isin(label, self._novel_tensor)] = 0  # novel classes stay unseen in training
         return image, label
+
+    def replay_lists(self, split: str) -> ReplayLists:
+        """HSNet's and iFSL's view of the test list: queries in file order, per-class images in
+        file order, classes ascending (as their class_ids lists are)."""
+        if not self.standard_lists:
+            raise FsbenchError(f"--replay needs HSNet's Pascal lists (splits/pascal/{{trn,val}}/fold<k>.txt under the data folder or --split-dir); these lists were {self.list_source}")
+        pairs = self._pairs[split]
+        return ReplayLists(
+            source=self.list_source,
+            query_pairs=tuple(pairs),
+            images_by_class={class_id: tuple(self.images_of_class(split, class_id)) for class_id in self.classes(split)},
+            class_order=tuple(self.classes(split)),
+        )
 
     def describe(self) -> dict:
         return {

@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--layout", default="auto", help="coco_json layout: auto, separate_json, unified or separate")
     what.add_argument("--folds", type=int, help="coco_json: number of folds over the categories (default 4)")
     what.add_argument("--fold-classes", type=_fold_classes, help='coco_json: novel class ids per fold, e.g. "1,2;3,4"')
+    what.add_argument("--replay", choices=("hsnet", "ifsl"), help="test on exactly the episodes of HSNet's or iFSL's test loader (needs their split lists)")
 
     model = parser.add_argument_group("method settings (unset = the method's default)")
     model.add_argument("--backbone")
@@ -180,6 +181,7 @@ def run(args) -> dict:
         task=task,
         transform=transform,
         keep_original=original_size,
+        replay=args.replay,
     )
     train_steps = 0 if args.eval else (config.train_steps if args.train_steps is None else args.train_steps)
     if train_steps < 0:
@@ -204,6 +206,7 @@ def run(args) -> dict:
         "task": task,
         "seed": args.seed,
         "protocol": protocol.name,
+        "replay": args.replay,
     }
     settings_record = {
         "argv": sys.argv[1:],

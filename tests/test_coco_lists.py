@@ -52,7 +52,7 @@ def test_lists_are_the_pairs_in_list_order(coco, tmp_path):
     assert described["lists"] == f"HSNet lists in {tmp_path / 'splits/coco'}"
     assert built_described["lists"].startswith("built from annotations")
     assert described["list_fingerprint"] != built_described["list_fingerprint"]
-    assert described["pairs"] == {"train": 60, "test": 60}
+    assert described["pairs"] == {"train": 60, "test": 60} and described["query_draw"] == "class"
     # The contiguous split is not what the lists hold: they are not used, and --split-dir is refused.
     assert Coco(tmp_path, FOLD, BenchmarkOptions(class_split="contiguous")).describe()["lists"].startswith("built from annotations")
     with pytest.raises(FsbenchError, match="HSNet's COCO lists hold the interleaved split, not --class-split contiguous"):
