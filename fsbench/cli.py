@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--folds", type=int, help="coco_json: number of folds over the categories (default 4)")
     what.add_argument("--fold-classes", type=_fold_classes, help='coco_json: novel class ids per fold, e.g. "1,2;3,4"')
     what.add_argument("--replay", choices=("hsnet", "ifsl"), help="test on exactly the episodes of HSNet's or iFSL's test loader (needs their split lists)")
+    what.add_argument("--boundary", choices=("ignore", "background"), help="query-mask ignore pixels (255): ignore (default for fss) or background (default for fscs, as iFSL's code)")
 
     model = parser.add_argument_group("method settings (unset = the method's default)")
     model.add_argument("--backbone")
@@ -182,6 +183,7 @@ def run(args) -> dict:
         transform=transform,
         keep_original=original_size,
         replay=args.replay,
+        boundary=args.boundary,
     )
     train_steps = 0 if args.eval else (config.train_steps if args.train_steps is None else args.train_steps)
     if train_steps < 0:
@@ -207,6 +209,7 @@ def run(args) -> dict:
         "seed": args.seed,
         "protocol": protocol.name,
         "replay": args.replay,
+        "boundary": sampler.boundary,
     }
     settings_record = {
         "argv": sys.argv[1:],

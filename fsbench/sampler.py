@@ -22,6 +22,11 @@ from fsbench.replay import CODEBASES, QUERY_DRAWS, replay_plans
 from fsbench.transforms import SquashResize
 
 TASKS = ("fss", "fscs")
+# What a query mask's ignore (255) pixels become: "ignore" (scored nowhere; HSNet, PFENet) or
+# "background" (iFSL's FS-CS code: its ignore test compares a 0/1 boundary map with 255, so it never
+# ignores, and Pascal's boundary band is scored as background).
+BOUNDARIES = ("ignore", "background")
+DEFAULT_BOUNDARY = {"fss": "ignore", "fscs": "background"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,8 @@ class EpisodeSampler(Dataset):
         keep_original: also return each query's mask at its original size (for original-size scoring).
         replay: None (fsbench's own episodes) or a codebase of fsbench.replay.CODEBASES whose test
             episodes are reproduced from the benchmark's standard lists.
+        boundary: what the dataset's ignore pixels (255) in query masks become, "ignore" or
+            "background"; default by task (DEFAULT_BOUNDARY). Padding a transform adds stays ignore.
 
     The query of each episode is drawn as the benchmark declares (``query_draw``): "pair" visits the
     (image, class) pairs in a fixed permutation; "class" draws a class uniformly, then one of its
@@ -70,9 +77,13 @@ class EpisodeSampler(Dataset):
         transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
         keep_original: bool = False,
         replay: str | None = None,
+        boundary: str | None = None,
     ):
         if task not in TASKS:
             raise FsbenchError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
+        boundary = boundary or DEFAULT_BOUNDARY[task]
+        if boundary not in BOUNDARIES:
+            raise FsbenchError(f"unknown --boundary {boundary!r}; available: {', '.join(BOUNDARIES)}")
         query_draw = getattr(benchmark, "query_draw", "pair")
         if query_draw not in QUERY_DRAWS:
             raise FsbenchError(f"benchmark {benchmark.registry_name!r} declares query draw {query_draw!r}; available: {', '.join(QUERY_DRAWS)}")
@@ -87,6 +98,7 @@ class EpisodeSampler(Dataset):
         self.transform = transform or SquashResize(benchmark.default_img_size)
         self.keep_original = keep_original
         self.replay = replay
+        self.boundary = boundary
         self.query_draw = query_draw
 
         self.pairs = list(benchmark.pairs(split))
@@ -176,7 +188,7 @@ class EpisodeSampler(Dataset):
         digest.update(f"{self.benchmark.registry_name}|{self.benchmark.fold}|{self.split}".encode())
         # Settings that change what is drawn or scored, named only when not the original default, so
         # fingerprints of runs the change does not touch stay as they were.
-        for name, value, default in (("draw", self.query_draw, "pair"), ("replay", self.replay, None)):
+        for name, value, default in (("draw", self.query_draw, "pair"), ("replay", self.replay, None), ("boundary", self.boundary, "ignore")):
             if value != default:
                 digest.update(f"|{name}={value}".encode())
         for index in range(self.episodes):
@@ -191,18 +203,23 @@ class EpisodeSampler(Dataset):
 
         support_images, support_masks = [], []
         for class_id, ids in zip(plan.class_ids, plan.support_ids):
+            # The episode's other classes are neither this way's foreground nor its background.
+            other_ways = [other for other in plan.class_ids if other != class_id]
             images, masks = [], []
             for image_id in ids:
                 image, label = self.benchmark.load(image_id, self.split)
                 image, label = self.transform(image, label)
                 images.append(image)
-                masks.append(binary_mask(label, class_id))
+                masks.append(binary_mask(label, class_id, other_ways))
             support_images.append(torch.stack(images))
             support_masks.append(torch.stack(masks))
 
         query_images, query_masks, presence, original_sizes, original_masks = [], [], [], [], []
         for image_id in plan.query_ids:
             image, original_label = self.benchmark.load(image_id, self.split)
+            if self.boundary == "background":
+                # Before the transform, so that padding it adds (PFENet) stays ignored.
+                original_label = original_label.masked_fill(original_label == IGNORE_INDEX, 0)
             original_sizes.append(tuple(original_label.shape))
             presence.append(torch.isin(class_tensor, original_label.unique()))
             if self.keep_original:
@@ -229,10 +246,13 @@ class EpisodeSampler(Dataset):
         )
 
 
-def binary_mask(label: Tensor, class_id: int) -> Tensor:
-    """[H, W] label map -> [H, W] int64 in {0, 1, 255}: 1 where ``class_id``, 255 where ignore."""
+def binary_mask(label: Tensor, class_id: int, ignored_classes: list[int] | tuple[int, ...] = ()) -> Tensor:
+    """[H, W] label map -> [H, W] int64 in {0, 1, 255}: 1 where ``class_id``, 255 where ignore or
+    one of ``ignored_classes`` (PANet: an episode's other classes are never background)."""
     mask = (label == class_id).long()
     mask[label == IGNORE_INDEX] = IGNORE_INDEX
+    if len(ignored_classes):
+        mask[torch.isin(label, torch.tensor(list(ignored_classes), dtype=label.dtype))] = IGNORE_INDEX
     return mask
 
 

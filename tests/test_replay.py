@@ -331,7 +331,7 @@ def test_command_line_records_the_replay(pascal_data, tmp_path, capsys):
     assert main([*common, "--replay", "hsnet", "--logpath", str(tmp_path / "run")]) == 0
     results = json.loads((tmp_path / "run/results.json").read_text())
     config = json.loads((tmp_path / "run/config.json").read_text())
-    assert results["replay"] == config["replay"] == "hsnet"
+    assert results["replay"] == config["replay"] == "hsnet" and results["boundary"] == "ignore"
     expected = EpisodeSampler(Pascal(datapath, FOLD), "test", episodes=3, replay="hsnet").fingerprint()
     assert results["episode_fingerprint"] == expected
     assert main([*common, "--replay", "hsnet", "--queries", "2", "--logpath", str(tmp_path / "refused")]) == 1
