@@ -183,7 +183,8 @@ class EpisodeSampler(Dataset):
         return [candidates[position] for position in chosen]
 
     def fingerprint(self) -> str:
-        """sha256 over every episode's (classes, queries, supports): equal iff the episodes are equal."""
+        """sha256 over every episode's (classes, queries, supports) and the settings that decide how
+        they were drawn and scored: equal iff the episodes are equal."""
         digest = hashlib.sha256()
         digest.update(f"{self.benchmark.registry_name}|{self.benchmark.fold}|{self.split}".encode())
         # Settings that change what is drawn or scored, named only when not the original default, so
