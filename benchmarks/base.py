@@ -11,6 +11,7 @@ from torch import Tensor
 
 from fsbench.benchmark_options import BenchmarkOptions  # noqa: F401  (benchmarks import it from here)
 from fsbench.errors import FsbenchError
+from fsbench.replay import ReplayLists
 
 SPLITS = ("train", "test")
 
@@ -32,6 +33,10 @@ class Benchmark(ABC):
     # Per protocol name, defaults that differ from the ones above, e.g. {"pfenet": {"episodes": 5000,
     # "img_size": 473}}: how a benchmark states a paper's settings without the core naming it.
     protocol_defaults: dict[str, dict[str, int]] = {}
+    # How the sampler draws a query: "pair" - the (image, class) pairs in a fixed permutation (each
+    # pair once per len(pairs) episodes); "class" - a class uniformly, then one of its images, for
+    # datasets whose classes differ in size by orders of magnitude (COCO: HSNet and iFSL draw so).
+    query_draw: str = "pair"
 
     def __init__(self, datapath: Path, fold: int, options: BenchmarkOptions | None = None):
         if not 0 <= fold < self.num_folds:
@@ -82,6 +87,13 @@ class Benchmark(ABC):
         benchmark over user data adds which dataset)."""
         return self.registry_name
 
+    def replay_lists(self, split: str) -> ReplayLists:
+        """The standard lists another codebase's loader reads, in its order (for ``--replay``).
+
+        Benchmarks that have such lists override this; the others refuse in one line.
+        """
+        raise FsbenchError(f"benchmark {self.registry_name!r} has no HSNet or iFSL lists to replay (--replay needs pascal, coco or fss with their standard lists)")
+
     def describe(self) -> dict:
         """Facts about the data a run used, recorded in results.json."""
-        return {"benchmark": self.registry_name, "fold": self.fold, "protocol": self.options.protocol}
+        return {"benchmark": self.registry_name, "fold": self.fold, "protocol": self.options.protocol, "query_draw": self.query_draw}

@@ -7,6 +7,9 @@ categories: ``--folds N`` (default 4) assigns category position p to fold p % N 
 with ``--class-split contiguous``); ``--fold-classes "1,2;3,4"`` gives each fold's novel classes
 explicitly. "train" = base classes on train/ images (novel pixels become background), "test" = the
 fold's novel classes on val/ images. Any visible pixel of a class makes an (image, class) pair.
+Queries draw a class uniformly, then one of its images (as COCO-20i): custom data is usually as
+unbalanced as COCO, and mIoU weighs every class equally, so every class gets an equal share of the
+episodes instead of the big classes taking most of them.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ class CocoJson(Benchmark):
     """A custom COCO-format dataset with folds over its categories."""
 
     num_folds = DEFAULT_FOLDS
+    query_draw = "class"
 
     def __init__(self, datapath: Path, fold: int, options: BenchmarkOptions | None = None):
         options = options or BenchmarkOptions()

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--layout", default="auto", help="coco_json layout: auto, separate_json, unified or separate")
     what.add_argument("--folds", type=int, help="coco_json: number of folds over the categories (default 4)")
     what.add_argument("--fold-classes", type=_fold_classes, help='coco_json: novel class ids per fold, e.g. "1,2;3,4"')
+    what.add_argument("--replay", choices=("hsnet", "ifsl"), help="test on exactly the episodes of HSNet's or iFSL's test loader (needs their split lists)")
+    what.add_argument("--boundary", choices=("ignore", "background"), help="query-mask ignore pixels (255): ignore (default for fss) or background (default for fscs, as iFSL's code)")
 
     model = parser.add_argument_group("method settings (unset = the method's default)")
     model.add_argument("--backbone")

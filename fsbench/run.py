@@ -98,7 +98,7 @@ def execute(args, resume: bool = False) -> dict:
     sampler = EpisodeSampler(
         benchmark, "test", way=args.way, shot=args.shot, queries=args.queries,
         episodes=args.episodes or protocol.episodes(benchmark), seed=args.seed, task=task,
-        transform=transform, keep_original=original_size,
+        transform=transform, keep_original=original_size, replay=args.replay, boundary=args.boundary,
     )
     train_steps = 0 if args.eval else (config.train_steps if args.train_steps is None else args.train_steps)
     if train_steps < 0:
@@ -118,7 +118,7 @@ def execute(args, resume: bool = False) -> dict:
     identity = {
         "method": args.method, "backbone": config.backbone, "benchmark": args.benchmark, "fold": args.fold,
         "way": args.way, "shot": args.shot, "queries": args.queries, "task": task, "seed": args.seed,
-        "protocol": protocol.name, "label_rule": args.labels,
+        "protocol": protocol.name, "label_rule": args.labels, "replay": args.replay, "boundary": sampler.boundary,
     }
     if not resume:
         write_json(run_dir / CONFIG, {
