@@ -1,4 +1,4 @@
-"""Rendering built tables (fsbench.tables.MetricTable) as markdown (tabulate), LaTeX (booktabs) or CSV.
+"""Rendering built tables (fsbench.table_model.MetricTable) as markdown (tabulate), LaTeX (booktabs) or CSV.
 
 Markdown prints one table per metric and way/shot group, narrow enough for a terminal; LaTeX puts a
 metric's way/shot groups side by side under \\multicolumn headers, as papers do (tabulate has no
@@ -12,7 +12,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from fsbench.bootstrap import METRIC_LABELS
-from fsbench.tables import group_label
+from fsbench.table_model import group_label
 
 MISSING = "-"
 

@@ -3,12 +3,12 @@ between rows evaluated on the same episodes, and the entry points the CLI calls.
 
 Layout: one table per metric and setting (benchmark, task, protocol, evaluation resolution); rows are
 method (+ backbone); columns are each fold and the arithmetic mean of the folds, grouped by way/shot.
-Rendering to markdown / LaTeX / CSV lives in fsbench/table_formats.py.
+Rendering to markdown / LaTeX / CSV lives in fsbench/table_formats.py, the table data classes in
+fsbench/table_model.py; the imports go one way: tables -> table_formats -> table_model.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,69 +27,12 @@ from fsbench.bootstrap import (  # noqa: F401  (bootstrap_interval and paired_te
 )
 from fsbench.errors import FsbenchError
 from fsbench.run_records import check_results, collect_runs, read_episode_counts  # noqa: F401  (collect_runs: API)
+from fsbench.table_formats import render_run_row, render_tables
+from fsbench.table_model import Cell, Column, MetricTable, RowKey, TableOptions, group_label  # noqa: F401  (API)
 
 SETTING_KEYS = ("benchmark", "task", "protocol", "eval_resolution")
 FORMATS = ("markdown", "latex", "csv")
 SIGNIFICANCE_LEVEL = 0.05
-
-RowKey = tuple  # (method, backbone, train_steps or None)
-
-
-@dataclass
-class Cell:
-    """One number of a table and everything needed to compare it with its column's other cells."""
-
-    value: float
-    run_dirs: list[str]
-    seeds: tuple[int, ...]
-    # Identifies the episodes behind the cell; two cells are comparable only when these are equal.
-    fingerprints: tuple
-    interval: tuple[float, float] | None = None
-    replicates: np.ndarray | None = None  # [resamples] bootstrap replicates of ``value``
-    scores: np.ndarray | None = None  # per-episode scores, for the Wilcoxon test
-    best: bool = False
-    significant: bool = False
-    # Against the column's best row; for the best row itself, its largest p against any other row.
-    p_value: float | None = None
-    episode_set: str = ""  # a letter when the column mixes episode sets, else ""
-
-
-@dataclass
-class Column:
-    way: int
-    shot: int
-    fold: int | None  # None: the mean of the folds
-    cells: dict = field(default_factory=dict)  # RowKey -> Cell
-    comparable: bool = True
-
-
-@dataclass
-class MetricTable:
-    """One metric for one setting: rows x (way/shot groups x folds + mean)."""
-
-    metric: str
-    setting: dict
-    rows: list
-    row_labels: dict
-    groups: list  # [(way, shot)]
-    columns: list
-    notes: list = field(default_factory=list)  # [(way, shot) or None, text]
-
-
-@dataclass
-class TableOptions:
-    confidence: bool = True  # show bootstrap intervals
-    significance: bool = True  # paired tests between rows on the same episodes
-    resamples: int = 1000
-    level: float = 0.95
-    seed: int = 0
-    test: str = "bootstrap"  # or "wilcoxon"
-    # run folder -> {metric: replicates}: shared by the tables of all metrics, so each run is resampled once.
-    replicate_cache: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def needs_episodes(self) -> bool:
-        return self.confidence or self.significance
 
 
 def run_bootstrap_seed(seed: int, fingerprint: str) -> list[int]:
@@ -178,11 +121,6 @@ def _mean_cell(fold_cells: dict, folds: list[int], options: TableOptions) -> Cel
         if options.confidence:
             cell.interval = interval_from_replicates(cell.replicates, options.level)
     return cell
-
-
-def group_label(way: int, shot: int, ways: set) -> str:
-    """"1-shot" when every group of the table is 1-way, else "2-way 1-shot"."""
-    return f"{shot}-shot" if ways == {1} else f"{way}-way {shot}-shot"
 
 
 def _column_name(way: int, shot: int, fold: int | None, ways: set) -> str:
@@ -283,8 +221,6 @@ def _require_format(format: str) -> None:
 
 def render_table(frame: pd.DataFrame, metric: str, format: str = "markdown", options: TableOptions | None = None) -> str:
     """One metric's tables for the runs of ``frame`` (from collect_runs) in ``format``."""
-    from fsbench.table_formats import render_tables
-
     _require_format(format)
     options = options or TableOptions()
     return render_tables(build_tables(frame, metric, options), format, options)
@@ -300,8 +236,6 @@ def main_table(
     resamples: int = 1000,
 ) -> str:
     """Collect the runs that ``patterns`` name and render every metric's tables (what --table prints)."""
-    from fsbench.table_formats import render_tables
-
     _require_format(format)
     # Without intervals nothing reads episodes.csv, so there are no paired tests either: a fast, plain table.
     options = TableOptions(confidence=confidence, significance=confidence, resamples=resamples, seed=seed, test=test)
@@ -315,8 +249,6 @@ def format_run_row(results: dict, format: str = "markdown", episodes_csv: Path |
 
     With ``episodes_csv`` (the run's episodes.csv) the cells carry their bootstrap interval.
     """
-    from fsbench.table_formats import render_run_row
-
     _require_format(format)
     results = check_results(results, "evaluation results")
     counts = read_episode_counts(Path(episodes_csv), results) if episodes_csv is not None else None

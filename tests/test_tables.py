@@ -282,3 +282,20 @@ def test_trained_and_untrained_runs_of_one_method_are_separate_rows(tmp_path):
     markdown = main_table([str(tmp_path / "*")], "markdown", resamples=50)
     assert "good (resnet18, 0 steps)" in markdown and "good (resnet18, 400 steps)" in markdown
     assert "Not compared" not in markdown
+
+
+def test_table_modules_import_one_way():
+    """tables -> table_formats -> table_model: no module imports one that imports it back."""
+    import ast
+
+    import fsbench
+
+    def imported(module: str) -> set:
+        tree = ast.parse((Path(fsbench.__file__).parent / f"{module}.py").read_text())
+        names = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        names |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        return {name for name in names if name.startswith("fsbench.")}
+
+    assert "fsbench.table_formats" in imported("tables") and "fsbench.table_model" in imported("tables")
+    assert "fsbench.tables" not in imported("table_formats") and "fsbench.table_model" in imported("table_formats")
+    assert not {"fsbench.tables", "fsbench.table_formats"} & imported("table_model")
