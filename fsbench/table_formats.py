@@ -17,11 +17,16 @@ from fsbench.table_model import group_label
 MISSING = "-"
 
 
+# (setting key, how the line names it); a setting left empty (not recorded, or not used) is not shown.
+SETTING_WORDS = (
+    ("task", "task"), ("protocol", "protocol"), ("class_split", "class split"), ("replay", "replay"),
+    ("boundary", "boundary"), ("eval_resolution", "scored at"), ("data_label", "data:"), ("lists", "lists"),
+)
+
+
 def _setting_line(setting: dict) -> str:
-    parts = [f"task {setting['task']}" if setting["task"] else "", f"protocol {setting['protocol']}" if setting["protocol"] else ""]
-    if setting["eval_resolution"]:
-        parts.append(f"scored at {setting['eval_resolution']}")
-    return ", ".join(part for part in parts if part)
+    """What the table's runs share beyond the benchmark, e.g. "task fss, protocol hsnet, scored at 400x400"."""
+    return ", ".join(f"{words} {setting[key]}" for key, words in SETTING_WORDS if setting.get(key))
 
 
 DAGGER = "\N{DAGGER}"
@@ -153,7 +158,8 @@ def _latex(tables: list, options) -> str:
 
 # --- CSV ----------------------------------------------------------------------------------------------
 CSV_COLUMNS = [
-    "metric", "benchmark", "task", "protocol", "eval_resolution", "way", "shot", "fold", "method", "backbone",
+    "metric", "benchmark", "task", "protocol", "eval_resolution", "class_split", "replay", "boundary", "data", "data_id",
+    "lists", "way", "shot", "fold", "method", "backbone",
     "train_steps", "row", "value", "ci_low", "ci_high", "runs", "seeds", "episode_fingerprints", "comparable",
     "episode_set", "best", "significant", "p_value", "test",
 ]
@@ -171,6 +177,7 @@ def _csv_records(tables: list, options) -> list[dict]:
                 records.append({
                     "metric": table.metric,
                     **table.setting,
+                    "data": table.setting["data_label"],
                     "way": column.way,
                     "shot": column.shot,
                     "fold": "mean" if column.fold is None else column.fold,
