@@ -234,6 +234,7 @@ def read_episode_counts(path: Path, results: dict) -> EpisodeCounts:
         raise FsbenchError(f"malformed episodes.csv {path}: class_names hold {way_names.shape[1]} ways, results.json says {way}")
     class_intersection = np.zeros(episodes * classes)
     class_union = np.zeros(episodes * classes)
+    class_present = np.zeros(episodes * classes)
     exact = np.ones(len(frame), dtype=bool)
     for number in range(1, way + 1):
         names = way_names[number - 1]
@@ -243,6 +244,7 @@ def read_episode_counts(path: Path, results: dict) -> EpisodeCounts:
         cell = episode_row * classes + names.map(class_position).to_numpy()
         class_intersection += np.bincount(cell, weights=columns[f"intersection_{number}"], minlength=episodes * classes)
         class_union += np.bincount(cell, weights=columns[f"union_{number}"], minlength=episodes * classes)
+        class_present += np.bincount(cell, weights=columns[f"present_{number}"] > 0, minlength=episodes * classes)
         exact &= columns[f"present_{number}"] == columns[f"predicted_present_{number}"]
 
     def per_episode(weights: np.ndarray) -> np.ndarray:
@@ -257,6 +259,7 @@ def read_episode_counts(path: Path, results: dict) -> EpisodeCounts:
         fb_union=np.stack([per_episode(columns["bg_union"]), per_episode(columns["fg_union"])], axis=1),
         exact=per_episode(exact.astype(np.float64)),
         queries=per_episode(np.ones(len(frame))),
+        class_present=class_present.reshape(episodes, classes) > 0,
     )
     _check_agreement(path, results, counts)
     return counts

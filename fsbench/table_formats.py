@@ -37,8 +37,8 @@ def _legend(tables: list, options) -> list[str]:
     lines = ["mean: arithmetic mean of the folds."]
     if options.confidence:
         lines.append(
-            f"[low, high]: {round(100 * options.level)}% percentile bootstrap interval over episodes "
-            f"({options.resamples} resamples, seed {options.seed})."
+            f"[low, high]: {round(100 * options.level)}% percentile bootstrap interval over episodes, resampled "
+            f"within each class ({options.resamples} resamples, seed {options.seed})."
         )
     test = "paired bootstrap" if options.test == "bootstrap" else "Wilcoxon signed-rank test"
     best = "Bold: best in its column among rows evaluated on the same episodes"

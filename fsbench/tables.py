@@ -91,8 +91,10 @@ def _runs_of_row(frame: pd.DataFrame, key: RowKey) -> pd.DataFrame:
 
 def _fold_cell(runs: pd.DataFrame, metric: str, options: TableOptions, label: str) -> Cell:
     """Mean over the runs of one row at one fold (several seeds = several episode sets)."""
-    per_episode_set = runs.groupby("episode_fingerprint", sort=True)["run_dir"].apply(list)
-    repeated = [(fingerprint, run_dirs) for fingerprint, run_dirs in per_episode_set.items() if len(run_dirs) > 1]
+    per_episode_set: dict[str, list[str]] = {}
+    for fingerprint, run_dir in zip(runs["episode_fingerprint"], runs["run_dir"]):
+        per_episode_set.setdefault(fingerprint, []).append(run_dir)
+    repeated = sorted((fingerprint, run_dirs) for fingerprint, run_dirs in per_episode_set.items() if len(run_dirs) > 1)
     if repeated:
         sets = "; ".join(f"{len(run_dirs)} on episodes {fingerprint[:8]}: {', '.join(run_dirs)}" for fingerprint, run_dirs in repeated)
         raise FsbenchError(

@@ -113,16 +113,30 @@ def test_fold_mean_is_the_arithmetic_mean_of_the_folds(grid, tmp_path):
         assert abs(mean - pooled) > 0.5
 
 
+def stratified_draws(rows: list[dict], resamples: int, seed) -> list[list[int]]:
+    """The documented stratified draws, re-stated for 1-way runs: an episode's stratum is its class;
+    the classes in CLASSES order each draw ``rng.integers(0, n, size=(resamples, n))`` among their n
+    episodes (in episode order). Returns, per resample, the drawn episode numbers."""
+    class_of = {row["episode"]: row["class_names"] for row in rows}
+    rng = np.random.default_rng(seed)
+    drawn: list[list[int]] = [[] for _ in range(resamples)]
+    for name in CLASSES:
+        members = sorted(episode for episode in class_of if class_of[episode] == name)
+        if not members:
+            continue
+        for resample, draw in enumerate(rng.integers(0, len(members), size=(resamples, len(members)))):
+            drawn[resample] += [members[number] for number in draw]
+    return drawn
+
+
 def independent_bootstrap(rows: list[dict], metric: str, resamples: int, seed, level: float = 0.95) -> tuple[float, float]:
     """Resample whole episodes with the documented draws, recompute the metric by hand each time."""
     by_episode: dict[int, list[dict]] = {}
     for row in rows:
         by_episode.setdefault(row["episode"], []).append(row)
-    episodes = sorted(by_episode)
-    draws = np.random.default_rng(seed).integers(0, len(episodes), size=(resamples, len(episodes)))
     replicates = []
-    for draw in draws:
-        resampled = [row for position in draw for row in by_episode[episodes[position]]]
+    for drawn in stratified_draws(rows, resamples, seed):
+        resampled = [row for episode in drawn for row in by_episode[episode]]
         replicates.append(reference_scores(resampled)[metric])
     return tuple(np.percentile(replicates, [50 * (1 - level), 100 - 50 * (1 - level)]))
 
@@ -161,7 +175,8 @@ def test_paired_bootstrap_and_wilcoxon_against_references(grid, tmp_path):
     result = paired_test(counts["good"], counts["weak"], "miou", resamples=300, seed=4)
     good_rows = pd.read_csv(tmp_path / "good_1" / "episodes.csv").to_dict("records")
     weak_rows = pd.read_csv(tmp_path / "weak_1" / "episodes.csv").to_dict("records")
-    draws = np.random.default_rng(4).integers(0, 40, size=(300, 40))
+    draws = stratified_draws(good_rows, 300, 4)  # both runs: the same episodes, so the same strata and draws
+    assert draws == stratified_draws(weak_rows, 300, 4)
     differences = np.array([
         reference_scores([good_rows[i] for i in draw])["miou"] - reference_scores([weak_rows[i] for i in draw])["miou"] for draw in draws
     ])
