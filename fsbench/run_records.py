@@ -44,6 +44,7 @@ OPTIONAL_SETTINGS = ("replay", "boundary")
 PER_FOLD_INFO = ("benchmark", "fold", "protocol", "class_split", "list_fingerprint", "pairs", "novel_classes", "skipped_bad_files")
 # results.json rounds nothing, so a sum recomputed from episodes.csv must agree to float precision.
 AGREEMENT_TOLERANCE = 1e-6
+ERROR_PREVIEW = 80  # characters of a failed run's error shown in the note on unfinished runs
 
 
 @dataclass
@@ -59,9 +60,6 @@ class UnfinishedRun:
         if self.error:
             state += f": {self.error.splitlines()[0][:ERROR_PREVIEW]}"
         return f"{self.folder} ({state})"
-
-
-ERROR_PREVIEW = 80  # characters of a failed run's error shown in the note
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """Runs -> paper tables: cells (mean over a cell's runs, fold mean, bootstrap interval), comparisons
 between rows evaluated on the same episodes, and the entry points the CLI calls.
 
-Layout: one table per metric and setting (benchmark, task, protocol, evaluation resolution); rows are
-method (+ backbone); columns are each fold and the arithmetic mean of the folds, grouped by way/shot.
+Layout: one table per metric and setting (SETTING_KEYS: benchmark, data, class split, task, protocol,
+replay, boundary, evaluation resolution); rows are method (+ backbone); columns are each fold and the
+arithmetic mean of the folds, grouped by way/shot. A cell averages the runs of one row, setting, way,
+shot and fold, which then differ only in their episodes (seeds).
 Rendering to markdown / LaTeX / CSV lives in fsbench/table_formats.py, the table data classes in
 fsbench/table_model.py; the imports go one way: tables -> table_formats -> table_model.
 """
