@@ -14,7 +14,7 @@ from PIL import Image
 
 from benchmarks.base import BenchmarkOptions
 from benchmarks.coco_json import CocoJson
-from benchmarks.fake_datasets import make_custom, make_voc
+from fsbench.fixtures import make_custom, make_voc
 from benchmarks.files import read_class_png
 from benchmarks.pascal import Pascal
 from fsbench.errors import FsbenchError
