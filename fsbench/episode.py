@@ -63,6 +63,18 @@ class Episode:
                 moved[item.name] = [tensor.to(device, non_blocking=True) for tensor in value]
         return replace(self, **moved)
 
+    def pin_memory(self) -> "Episode":
+        """A copy in page-locked memory; the DataLoader's pinning thread calls this for custom types,
+        so that later ``to(cuda, non_blocking=True)`` copies overlap with compute."""
+        pinned = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, Tensor):
+                pinned[item.name] = value.pin_memory()
+            elif isinstance(value, list) and value and isinstance(value[0], Tensor):
+                pinned[item.name] = [tensor.pin_memory() for tensor in value]
+        return replace(self, **pinned)
+
     def without_query_labels(self) -> "Episode":
         """A copy in which query masks and presence are replaced by ignore / False.
 
@@ -77,10 +89,11 @@ class Episode:
 
 
 def collate_episodes(episodes: list[Episode]) -> list[Episode]:
-    """DataLoader collate for episodes: a batch is a plain list.
+    """DataLoader collate for episodes: a batch is a plain list (the pinning thread pins each item
+    through Episode.pin_memory).
 
     Episodes of one batch may differ in way, shot and (original-size) resolution, so they are not
-    stacked; methods predict one episode at a time and the batch only groups the loading.
+    stacked here; the evaluator groups compatible ones into one forward pass.
     """
     return list(episodes)
 

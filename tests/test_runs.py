@@ -64,10 +64,10 @@ def test_fine_tuning_records_its_start_and_both_trainings(fold0_checkpoint, tiny
 def test_an_unexpected_error_is_one_line_and_marks_the_run_failed(tiny_datapath, tmp_path, capsys, monkeypatch):
     from methods.panet import PANet
 
-    def broken(self, episode):
+    def broken(self, episode, support_features, query_features):
         raise ValueError("a bug deep inside a method")
 
-    monkeypatch.setattr(PANet, "predict", broken)
+    monkeypatch.setattr(PANet, "predict_encoded", broken)
     run_dir = tmp_path / "broken"
     code = main(["--datapath", str(tiny_datapath), "--method", "panet", "--train-steps", "0", "--logpath", str(run_dir), *TINY])
     message = _error(capsys)
