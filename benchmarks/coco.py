@@ -18,7 +18,7 @@ from torch import Tensor
 from benchmarks import coco_index
 from benchmarks.base import Benchmark, BenchmarkOptions
 from benchmarks.cache import cache_folder
-from benchmarks.coco_annotations import paint
+from fsbench.coco_annotations import paint
 from benchmarks.files import check_same_size, inside_root, require_tree
 from benchmarks.split_lists import MIN_OBJECT_PIXELS, Pairs, pairs_fingerprint, pairs_from_pixel_counts
 from fsbench.errors import FsbenchError

@@ -275,3 +275,38 @@ def _annotation_mask(annotation: dict, height: int, width: int) -> np.ndarray:
     else:
         rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}
     return mask_utils.decode(rle)
+
+
+# --- LabelMe per-image layout (what rootvisionai/dml_segmentation's separate_json really reads) -----
+def make_labelme(root: Path, labels: tuple[str, ...] = ("cat", "dog", "bird"), per_split: int = 8, height: int = 48, width: int = 64,
+                 seed: int = 0, val_folder: str = "val") -> dict[str, dict[str, np.ndarray]]:
+    """Write <root>/{train,<val_folder>}/<stem>.jpg + <stem>.json (LabelMe: polygons, one rectangle shape
+    per image). Objects are axis-aligned boxes with integer corners, which OpenCV's fillPoly fills
+    inclusively, so the returned label maps ({split: {stem: [H, W] class index by sorted label}})
+    are independent of the rasteriser."""
+    names = sorted(labels)
+    result: dict[str, dict[str, np.ndarray]] = {}
+    for split_code, split in enumerate(("train", val_folder)):
+        folder = Path(root) / split
+        folder.mkdir(parents=True, exist_ok=True)
+        result[split] = {}
+        for index in range(per_split):
+            rng = np.random.default_rng([seed, split_code, index])
+            stem = f"{split}_{index:04d}"
+            Image.fromarray(_photo(rng, height, width)).save(folder / f"{stem}.jpg", quality=90)
+            label_map = np.zeros((height, width), dtype=np.int64)
+            shapes = []
+            first, second = labels[index % len(labels)], labels[(index + 1) % len(labels)]
+            boxes = [(first, 2, 2, width // 2 - 3, height - 5), (second, width // 2 + 2, 6, width - 4, height - 8)]
+            for number, (label, left, top, right, bottom) in enumerate(boxes):
+                if number == 1:  # a LabelMe rectangle: two corners
+                    shapes.append({"label": label, "points": [[left, top], [right, bottom]], "shape_type": "rectangle", "group_id": None, "flags": {}})
+                else:  # a polygon with fractional coordinates: the DML repo truncates them to int32
+                    points = [[left + 0.6, top + 0.3], [right + 0.9, top + 0.2], [right + 0.4, bottom + 0.7], [left + 0.1, bottom + 0.99]]
+                    shapes.append({"label": label, "points": points, "shape_type": "polygon", "group_id": None, "flags": {}})
+                label_map[top : bottom + 1, left : right + 1] = names.index(label) + 1
+            record = {"version": "5.2.1", "flags": {}, "shapes": shapes, "imagePath": f"{stem}.jpg", "imageData": None,
+                      "imageHeight": height, "imageWidth": width}
+            (folder / f"{stem}.json").write_text(json.dumps(record))
+            result[split][stem] = label_map
+    return result

@@ -275,6 +275,11 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("predict", "export"):  # subcommands with their own parsers
+        from fsbench.workflows_cli import main as workflows_main
+
+        return workflows_main(argv)
     args = build_parser().parse_args(argv)
     try:
         if args.table:  # reporting: tables of finished runs; nothing is trained or evaluated

@@ -23,6 +23,7 @@ from fsbench.losses import proxy_anchor_loss
 from fsbench.registry import METHODS
 from fsbench.train import BaseClassImages, TrainSettings, train_supervised
 from methods.base import Method, MethodConfig
+from methods.dml_original import OriginalEmbeddingNetwork, predict_original
 
 
 @dataclass
@@ -52,6 +53,12 @@ class DMLKNNConfig(MethodConfig):
     knn_chunk_size: int = 4096
     # kNN on every knn_stride-th query pixel, probabilities upsampled bilinearly (1 = every pixel).
     knn_stride: int = 1
+    # rootvisionai/dml_segmentation's own checkpoints (methods/dml_original.py): "original" =
+    # its network (UNet++ + ReLU-BN-Conv head), its kNN rules, its preprocessing for predict.
+    architecture: str = "fsbench"
+    knn_rules: str = "fsbench"
+    knn_threshold: float = 0.95  # the original rules' cosine floor and foreground share
+    preprocessing: str = "hsnet"  # fsbench.preprocessing profile that predict uses
 
     QUICK = {
         "backbone": "resnet18",
@@ -90,13 +97,16 @@ class DMLKNN(Method):
         super().__init__(config, device)
         import segmentation_models_pytorch as smp
 
-        self.network = smp.UnetPlusPlus(
-            encoder_name=config.backbone,
-            encoder_weights=None,
-            decoder_channels=tuple(config.decoder_channels),
-            classes=config.embedding_dim,
-            activation=None,
-        )
+        if config.architecture == "original":
+            self.network = OriginalEmbeddingNetwork(config.backbone, config.embedding_dim, tuple(config.decoder_channels))
+        else:
+            self.network = smp.UnetPlusPlus(
+                encoder_name=config.backbone,
+                encoder_weights=None,
+                decoder_channels=tuple(config.decoder_channels),
+                classes=config.embedding_dim,
+                activation=None,
+            )
         if config.pretrained:
             load_imagenet_weights(self.network.encoder, config.backbone)
         self.proxies = ProxyBank(config.embedding_dim)
@@ -171,6 +181,8 @@ class DMLKNN(Method):
     # --- inference ----------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, episode: Episode) -> Prediction:
+        if self.config.knn_rules == "original":
+            return predict_original(self, episode)
         height, width = episode.query_images.shape[-2:]
         # Reference subsets are drawn from a generator seeded by the episode: same episode, same answer.
         generator = torch.Generator().manual_seed(int(episode.index))
