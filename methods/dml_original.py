@@ -69,15 +69,22 @@ class OriginalEmbeddingNetwork(nn.Module):
 
 
 # --- kNN rules ---------------------------------------------------------------------------------------
-def original_reference_set(embeddings: Tensor, masks: Tensor, ratio: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def flat_unit_embeddings(embeddings: Tensor) -> Tensor:
+    """[B, D, H, W] network output -> [B*H*W, D] unit vectors, flattened and then normalised as the
+    repo does (normalising the contiguous [P, D] rows; normalising [B, D, H, W] over D differs in the
+    last bits, enough to move a few similarities across the 0.95 floor)."""
+    flat = embeddings.reshape(embeddings.shape[0], embeddings.shape[1], -1).permute(0, 2, 1).contiguous()
+    return F.normalize(flat.reshape(-1, embeddings.shape[1]), p=2.0, dim=1)
+
+
+def original_reference_set(pixels: Tensor, masks: Tensor, ratio: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """One way's references as the repo draws them.
 
     Args:
-        embeddings: [K, D, H, W] unit vectors; masks: [K, H, W] in {0, 1, 255}.
+        pixels: [K*H*W, D] unit vectors (flat_unit_embeddings); masks: [K, H, W] in {0, 1, 255}.
     Returns:
         ([R, D] references: sampled negatives then every positive, [R] labels 0/1).
     """
-    pixels = embeddings.permute(0, 2, 3, 1).reshape(-1, embeddings.shape[1])
     flat = masks.reshape(-1)
     negatives = torch.nonzero(flat == 0).squeeze(1)
     positives = torch.nonzero(flat == 1).squeeze(1)
@@ -118,13 +125,13 @@ def predict_original(method, episode: Episode) -> Prediction:
     references, labels = [], []
     for way in range(episode.way):
         pixels, way_labels = original_reference_set(
-            method.embed(episode.support_images[way]), episode.support_masks[way], config.negative_samples_ratio, generator
+            flat_unit_embeddings(method.network(episode.support_images[way])), episode.support_masks[way], config.negative_samples_ratio, generator
         )
         references.append(pixels)
         labels.append(way_labels * (way + 1))
     reference_pixels, reference_labels = torch.cat(references), torch.cat(labels)
-    query = method.embed(episode.query_images)  # [Q, D, H, W]
-    queries = query.permute(0, 2, 3, 1).reshape(-1, query.shape[1])
+    query = method.network(episode.query_images)  # [Q, D, H, W]
+    queries = flat_unit_embeddings(query)
     votes = original_votes(queries, reference_pixels, reference_labels, episode.way + 1, config.k, config.knn_threshold, config.knn_chunk_size)
     probabilities = original_probabilities(votes[:, 1:], config.k, config.knn_threshold)
     height, width = query.shape[-2:]

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from fsbench.package import EXPORTERS, UNPACKAGEABLE
 from methods.dml_knn import _subset, knn_label_shares
-from methods.dml_original import original_probabilities, original_reference_set, original_votes
+from methods.dml_original import flat_unit_embeddings, original_probabilities, original_reference_set, original_votes
 from methods.prototypes import POOLING_EPSILON, cosine_logits, pooling_weights
 
 UNPACKAGEABLE["mtl_unet"] = "its prediction adapts a base learner on each episode's support in an inner optimisation loop"
@@ -48,31 +48,35 @@ class DMLKNNPackage(nn.Module):
         self.stride = int(config.knn_stride)
         self.threshold = float(config.knn_threshold)
 
-    def embed(self, images: Tensor) -> Tensor:
+    def raw(self, images: Tensor) -> Tensor:
         if self.fp16:
             images = images.half()
-        return F.normalize(self.network(images).float(), dim=1)
+        return self.network(images).float()
+
+    def embed(self, images: Tensor) -> Tensor:
+        return F.normalize(self.raw(images), dim=1)
 
     def forward(self, support_images: Tensor, support_masks: Tensor, query_images: Tensor, generator: torch.Generator) -> Tensor:
         way = support_images.shape[0]
         pixels: List[Tensor] = []
         labels: List[Tensor] = []
         for index in range(way):
-            embeddings = self.embed(support_images[index])
             if self.original:
-                references, reference_labels = original_reference_set(embeddings, support_masks[index], self.ratio, generator)
+                flat_support = flat_unit_embeddings(self.raw(support_images[index]))
+                references, reference_labels = original_reference_set(flat_support, support_masks[index], self.ratio, generator)
             else:
-                references, reference_labels = self.reference_set(embeddings, support_masks[index], generator)
+                references, reference_labels = self.reference_set(self.embed(support_images[index]), support_masks[index], generator)
             pixels.append(references)
             labels.append(reference_labels * (index + 1))
         reference_pixels = torch.cat(pixels)
         reference_labels = torch.cat(labels)
-        query = self.embed(query_images)
         if self.original:
-            flat = query.permute(0, 2, 3, 1).reshape(-1, query.shape[1])
+            query = self.raw(query_images)
+            flat = flat_unit_embeddings(query)
             votes = original_votes(flat, reference_pixels, reference_labels, way + 1, self.k, self.threshold, self.chunk)
             probabilities = original_probabilities(votes[:, 1:], self.k, self.threshold)
             return probabilities.reshape(query.shape[0], query.shape[2], query.shape[3], way).permute(0, 3, 1, 2).contiguous()
+        query = self.embed(query_images)
         grid = query[:, :, :: self.stride, :: self.stride]
         flat = grid.permute(0, 2, 3, 1).reshape(-1, query.shape[1])
         shares = knn_label_shares(flat, reference_pixels, reference_labels, way + 1, self.k, self.chunk)
@@ -98,6 +102,7 @@ class PANetPackage(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.scale = float(scale)
+        self.epsilon = float(POOLING_EPSILON)
         self.fp16 = fp16
 
     def forward(self, support_images: Tensor, support_masks: Tensor, query_images: Tensor, generator: torch.Generator) -> Tensor:
@@ -112,7 +117,7 @@ class PANetPackage(nn.Module):
         masks = torch.stack([masks == 0, masks == 1], dim=1).to(features.dtype)
         weights = pooling_weights(masks, (int(features.shape[2]), int(features.shape[3])))
         sums = torch.einsum("bchw,bmhw->bmc", support_features, weights)
-        pooled = (sums / (masks.sum(dim=(-2, -1)).unsqueeze(-1) + POOLING_EPSILON)).view(way, shot, 2, -1)
+        pooled = (sums / (masks.sum(dim=(-2, -1)).unsqueeze(-1) + self.epsilon)).view(way, shot, 2, -1)
         background = pooled[:, :, 0].mean(dim=(0, 1))
         foreground = pooled[:, :, 1].mean(dim=1)
         prototypes = torch.cat([background.unsqueeze(0), foreground])
