@@ -5,7 +5,7 @@ images, nearest for masks. Its checkpoints see images resized that way, and pred
 profile must give the same inputs, so these follow OpenCV 4.9's arithmetic (resize.cpp):
 - coefficients in float32, source positions (d + 0.5) * scale - 0.5, borders clamped;
 - bilinear on uint8 in 11-bit fixed point: a horizontal pass into int32, then a vertical pass that
-  OpenCV's 128-bit SIMD path rounds as ((a >> 4) * b0 >> 16 + (c >> 4) * b1 >> 16 + 2) >> 2 and its
+  OpenCV's SIMD code rounds as ((a >> 4) * b0 >> 16 + (c >> 4) * b1 >> 16 + 2) >> 2 and its
   scalar code would round as (a * b0 + c * b1 + 2^21) >> 22, one grey level apart at times; cv2 4.9
   (the version the DML repo pins) gives the vector rounding on every element, row tails included;
 - an exact halving in both directions is an average of 2x2 blocks (OpenCV switches to INTER_AREA);
@@ -20,13 +20,13 @@ COEFFICIENT_BITS = 11
 COEFFICIENT_SCALE = 1 << COEFFICIENT_BITS
 
 
-def _linear_coefficients(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per output position: first source index (unclamped), fixed-point weights of it and the next."""
+def _linear_coefficients(source: int, target: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per output position: the first source index (unclamped) and the float32 fraction past it."""
     scale = 1.0 / (target / source)
     position = ((np.arange(target, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
     index = np.floor(position).astype(np.int64)
     fraction = (position - index.astype(np.float32)).astype(np.float32)
-    return index, fraction, scale
+    return index, fraction
 
 
 def _weights(fraction: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +50,7 @@ def resize_linear(image: np.ndarray, height: int, width: int) -> np.ndarray:
         return result[:, :, 0] if squeeze else result
 
     # Horizontal pass: int64 [source rows, width, channels] in fixed point.
-    columns, column_fraction, _ = _linear_coefficients(source_width, width)
+    columns, column_fraction = _linear_coefficients(source_width, width)
     left_border = columns < 0
     column_fraction = np.where(left_border, np.float32(0), column_fraction)
     columns = np.where(left_border, 0, columns)
@@ -64,7 +64,7 @@ def resize_linear(image: np.ndarray, height: int, width: int) -> np.ndarray:
     horizontal = np.where(right_border[None, :, None], border, inner)
 
     # Vertical pass: rows clamped, weights from the unclamped position.
-    rows, row_fraction, _ = _linear_coefficients(source_height, height)
+    rows, row_fraction = _linear_coefficients(source_height, height)
     beta0, beta1 = _weights(row_fraction)
     upper = horizontal[np.clip(rows, 0, source_height - 1)].reshape(height, -1)
     lower = horizontal[np.clip(rows + 1, 0, source_height - 1)].reshape(height, -1)
