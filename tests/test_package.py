@@ -76,3 +76,19 @@ def test_cli_export_then_packaged_predict_writes_the_same_masks(workspace, tmp_p
     with pytest.raises(FsbenchError, match="not a packaged fsbench model"):
         (tmp_path / "junk.pt").write_bytes(b"PK\x03\x04junk")
         PackagedModel(tmp_path / "junk.pt", torch.device("cpu"))
+
+
+def test_fp16_package_is_opt_in_and_close(tmp_path):
+    # The DML repo's --half_precision was store_false (half by default, off when asked for); here
+    # --fp16 asks for it. fp16 embeddings may move a few kNN votes, not the masks as a whole.
+    from fsbench.workflows_cli import build_parser
+
+    assert build_parser("export").parse_args(["--out", "x.pt"]).fp16 is False
+    torch.manual_seed(0)
+    method = DMLKNN(tiny_dml_config(), "cpu").eval()
+    export_method(method, {}, "hsnet", SIZE, tmp_path / "half.pt", fp16=True)
+    packaged = PackagedModel(tmp_path / "half.pt", torch.device("cpu"))
+    assert packaged.metadata["fp16"] is True
+    episode = _episode(2)
+    agreement = (packaged.predict(episode).labels() == method.predict(episode).labels()).float().mean()
+    assert agreement > 0.99
