@@ -11,6 +11,7 @@ inner optimisation loop, which a traced or scripted inference graph does not hol
 """
 from __future__ import annotations
 
+import copy
 from typing import List
 
 import torch
@@ -27,6 +28,7 @@ UNPACKAGEABLE["mtl_unet"] = "its prediction adapts a base learner on each episod
 
 def trace(network: nn.Module, img_size: int, fp16: bool, device: torch.device) -> torch.jit.ScriptModule:
     example = torch.zeros(1, 3, img_size, img_size, device=device, dtype=torch.float16 if fp16 else torch.float32)
+    network = copy.deepcopy(network)  # the method keeps its own (fp32) network
     network = network.half() if fp16 else network.float()
     with torch.no_grad():
         return torch.jit.trace(network.eval(), example, check_trace=False)
