@@ -40,7 +40,9 @@ def export_method(method, record: dict, preprocessing: str, img_size: int, out_p
     exporter = EXPORTERS.get(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
-        module = exporter(method, img_size, fp16)
+        from fsbench.predict import padded_size
+
+        module = exporter(method, padded_size(img_size), fp16)  # traced at the padded size predict feeds it
         metadata = {
             "format": FORMAT, "method": name, "config": asdict(method.config), "preprocessing": preprocessing,
             "img_size": img_size, "fp16": fp16, "source": record,

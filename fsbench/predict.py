@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
@@ -25,6 +26,9 @@ from fsbench.errors import FsbenchError
 from fsbench.prediction_files import MASK_FOLDER, OVERLAY_FOLDER, SCORE_FOLDER, output_names, write_query_outputs
 from fsbench.preprocessing import Placement, Preprocessing
 
+# Inputs are padded (bottom/right) to a multiple of this and the answer cropped back: smp's
+# encoder-decoders halve the input 5 times (400 px -> 416); harmless for the other methods.
+INPUT_MULTIPLE = 32
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Exit status of a predict run that finished but skipped unreadable query files.
 SKIPPED_EXIT_STATUS = 3
@@ -114,6 +118,28 @@ def find_queries(inputs: list[Path]) -> list[Path]:
     return queries
 
 
+def padded_size(size: int) -> int:
+    return -(-size // INPUT_MULTIPLE) * INPUT_MULTIPLE
+
+
+def predict_padded(predict: Callable[[Episode], Prediction], episode: Episode) -> Prediction:
+    """``predict`` on the episode padded to INPUT_MULTIPLE (images with 0, masks with ignore), its
+    probabilities cropped back and presence taken over the real pixels only."""
+    height, width = episode.query_images.shape[-2:]
+    pad_height, pad_width = padded_size(height) - height, padded_size(width) - width
+    if not pad_height and not pad_width:
+        return predict(episode)
+    padding = (0, pad_width, 0, pad_height)
+    padded = replace(
+        episode,
+        support_images=F.pad(episode.support_images, padding),
+        support_masks=F.pad(episode.support_masks, padding, value=IGNORE_INDEX),
+        query_images=F.pad(episode.query_images, padding),
+        query_masks=F.pad(episode.query_masks, padding, value=IGNORE_INDEX),
+    )
+    return Prediction.from_probabilities(predict(padded).fg_probs[..., :height, :width].contiguous())
+
+
 @dataclass
 class PredictSettings:
     out_dir: Path
@@ -168,7 +194,7 @@ def predict_folder(predict: Callable[[Episode], Prediction], supports: list[Supp
             query_ids=[str(item[0]) for item in batch],
         )
         predicted_at = time.perf_counter()
-        prediction = predict(episode)
+        prediction = predict_padded(predict, episode)
         report.predict_s += time.perf_counter() - predicted_at
         for number, (path, image, _, placement) in enumerate(batch):
             probabilities = profile.to_original(prediction.fg_probs[number : number + 1].float().cpu(), placement)[0]

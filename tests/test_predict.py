@@ -13,7 +13,7 @@ from PIL import Image
 
 from fsbench.checkpoint import save_checkpoint
 from fsbench.cli import main
-from fsbench.episode import Episode
+from fsbench.episode import Episode, Prediction
 from fsbench.predict import SKIPPED_EXIT_STATUS
 from fsbench.transforms import SquashResize
 from methods.dml_knn import DMLKNN, DMLKNNConfig
@@ -118,3 +118,21 @@ def test_input_problems_are_one_line_errors(workspace, tmp_path, capsys):
     (tmp_path / "o2" / "x").write_text("")
     assert _predict(workspace, tmp_path / "o2", "support_1.json") == 1
     assert "is not empty; pass --overwrite" in capsys.readouterr().err
+
+
+def test_sizes_the_network_cannot_take_are_padded_and_cropped_back():
+    from fsbench.predict import predict_padded
+
+    seen = {}
+
+    def predict(episode):  # a stand-in method: records the size it got, answers "way 1" on the left half
+        seen["size"] = tuple(episode.query_images.shape[-2:])
+        probabilities = torch.zeros(episode.num_queries, episode.way, *seen["size"])
+        probabilities[..., : seen["size"][1] // 2] = 1.0
+        return Prediction.from_probabilities(probabilities)
+
+    episode = Episode(torch.rand(1, 1, 3, 40, 40), torch.zeros(1, 1, 40, 40, dtype=torch.int64), torch.rand(2, 3, 40, 40),
+                      torch.full((2, 40, 40), 255), torch.tensor([1]), torch.zeros(2, 1, dtype=torch.bool))
+    prediction = predict_padded(predict, episode)
+    assert seen["size"] == (64, 64) and prediction.fg_probs.shape == (2, 1, 40, 40)
+    assert prediction.fg_probs[0, 0, 0].tolist() == [1.0] * 32 + [0.0] * 8
