@@ -133,6 +133,10 @@ def _running_flags(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("predict", "export"):  # subcommands with their own parsers
+        from fsbench.workflows_cli import main as workflows_main
+
+        return workflows_main(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:

@@ -118,6 +118,8 @@ class Prediction:
         upsampling: the space resized() interpolates in: "probabilities", or "log_probabilities"
             (HSNet / iFSL upsample logits; argmax over interpolated log-softmax equals theirs).
         align_corners: the bilinear interpolation's align_corners, as the method's authors use it.
+        presence_from_maps: presence is each way's largest foreground probability over the maps, so
+            cropping away padding recomputes it over the real pixels only.
     """
 
     fg_probs: Tensor
@@ -125,12 +127,13 @@ class Prediction:
     bg_probs: Tensor | None = None
     upsampling: str = "probabilities"
     align_corners: bool = False
+    presence_from_maps: bool = False
 
     @classmethod
     def from_probabilities(cls, fg_probs: Tensor, bg_probs: Tensor | None = None, **options) -> "Prediction":
         """fg_probs [Q, N, H, W] with presence [Q, N] = each way's largest foreground probability over
         the query (iFSL's max-pooled presence, what methods without a classification head report)."""
-        return cls(fg_probs=fg_probs, presence=fg_probs.flatten(2).amax(dim=2), bg_probs=bg_probs, **options)
+        return cls(fg_probs=fg_probs, presence=fg_probs.flatten(2).amax(dim=2), bg_probs=bg_probs, presence_from_maps=True, **options)
 
     def background(self) -> Tensor:
         """[Q, H, W] background probability (bg_probs, or 1 - sum of the ways' probabilities)."""
@@ -170,11 +173,14 @@ class Prediction:
         return replace(self, fg_probs=foreground, bg_probs=background)
 
     def cropped(self, height: int, width: int) -> "Prediction":
-        """The top-left height x width of the maps (undoes bottom/right padding)."""
+        """The top-left height x width of the maps (undoes bottom/right padding); presence derived
+        from the maps is taken over the kept pixels only."""
         if tuple(self.fg_probs.shape[-2:]) == (height, width):
             return self
         background = self.bg_probs[..., :height, :width] if self.bg_probs is not None else None
-        return replace(self, fg_probs=self.fg_probs[..., :height, :width], bg_probs=background)
+        foreground = self.fg_probs[..., :height, :width]
+        presence = foreground.flatten(2).amax(dim=2) if self.presence_from_maps else self.presence
+        return replace(self, fg_probs=foreground, bg_probs=background, presence=presence)
 
     def query(self, index: int) -> "Prediction":
         """The prediction of one query (leading dimension kept, of size 1)."""

@@ -22,6 +22,7 @@ from fsbench.episode import IGNORE_INDEX, Episode, Prediction
 from fsbench.losses import proxy_anchor_loss
 from fsbench.registry import METHODS
 from methods.base import Method, MethodConfig, round_up
+from methods.dml_original import OriginalEmbeddingNetwork, predict_original
 
 
 @dataclass
@@ -51,6 +52,12 @@ class DMLKNNConfig(MethodConfig):
     knn_chunk_size: int = 4096
     # kNN on every knn_stride-th query pixel, probabilities upsampled bilinearly (1 = every pixel).
     knn_stride: int = 1
+    # rootvisionai/dml_segmentation's own checkpoints (methods/dml_original.py): "original" =
+    # its network (UNet++ + ReLU-BN-Conv head), its kNN rules, its preprocessing for predict.
+    architecture: str = "fsbench"
+    knn_rules: str = "fsbench"
+    knn_threshold: float = 0.95  # the original rules' cosine floor and foreground share
+    preprocessing: str = "hsnet"  # fsbench.preprocessing profile that predict uses
 
     QUICK = {
         "backbone": "resnet18",
@@ -90,13 +97,19 @@ class DMLKNN(Method):
         super().__init__(config, device)
         import segmentation_models_pytorch as smp
 
-        self.network = smp.UnetPlusPlus(
-            encoder_name=config.backbone,
-            encoder_weights=None,
-            decoder_channels=tuple(config.decoder_channels),
-            classes=config.embedding_dim,
-            activation=None,
-        )
+        # The original repo's kNN rules work on the whole episode (methods/dml_original.py), not on
+        # per-image encodings.
+        self.encodes_images = config.knn_rules != "original"
+        if config.architecture == "original":
+            self.network = OriginalEmbeddingNetwork(config.backbone, config.embedding_dim, tuple(config.decoder_channels))
+        else:
+            self.network = smp.UnetPlusPlus(
+                encoder_name=config.backbone,
+                encoder_weights=None,
+                decoder_channels=tuple(config.decoder_channels),
+                classes=config.embedding_dim,
+                activation=None,
+            )
         if config.pretrained:
             load_imagenet_weights(self.network.encoder, config.backbone)
         self.proxies = ProxyBank(config.embedding_dim)
@@ -172,6 +185,8 @@ class DMLKNN(Method):
     # --- inference ----------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, episode: Episode) -> Prediction:
+        if self.config.knn_rules == "original":
+            return predict_original(self, episode)
         return self.predict_by_encoding(episode)
 
     @torch.no_grad()
