@@ -41,7 +41,11 @@ class CocoJson(Benchmark):
 
     def __init__(self, datapath: Path, fold: int, options: BenchmarkOptions | None = None):
         options = options or BenchmarkOptions()
-        if options.fold_classes:
+        if options.all_classes:
+            # Deployment: train on every category; "test" then means the val/ images of those same
+            # classes (a check of the trained model, not a few-shot evaluation).
+            self.num_folds = 1
+        elif options.fold_classes:
             self.num_folds = len(options.fold_classes)
         elif options.folds is not None:
             if options.folds < 1:
@@ -58,8 +62,9 @@ class CocoJson(Benchmark):
         bad.report("custom images")
         self.skipped = len(bad.skipped)
         self._class_names = self._categories()
-        self._novel = self._novel_classes()
-        self._novel_tensor = torch.tensor(sorted(self._novel))
+        self._novel = set(self._class_names) if self.options.all_classes else self._novel_classes()
+        # The classes training never sees (none when training on every category).
+        self._hidden_tensor = torch.tensor([] if self.options.all_classes else sorted(self._novel), dtype=torch.int64)
         self._pairs = {split: self._split_pairs(split) for split in IMAGE_SPLIT}
 
     def _categories(self) -> dict[int, str]:
@@ -107,6 +112,8 @@ class CocoJson(Benchmark):
     def classes(self, split: str) -> list[int]:
         if split == "test":
             return sorted(self._novel)
+        if self.options.all_classes:
+            return sorted(self._class_names)
         return [class_id for class_id in sorted(self._class_names) if class_id not in self._novel]
 
     def pairs(self, split: str) -> Pairs:
@@ -124,11 +131,16 @@ class CocoJson(Benchmark):
             mask_name = f"the annotations of {record.image_path}"
         check_same_size(image, label, record.image_path, mask_name)
         if split == "train":
-            label[torch.isin(label, self._novel_tensor)] = 0  # novel classes stay unseen in training
+            label[torch.isin(label, self._hidden_tensor)] = 0  # novel classes stay unseen in training
         return image, label
 
     def identity(self) -> str:
         return f"{self.registry_name}:{self.root.resolve()}"
+
+    @property
+    def tests_seen_classes(self) -> bool:
+        """--all-classes: the test split's classes are the training classes, on purpose."""
+        return bool(self.options.all_classes)
 
     def describe(self) -> dict:
         return {
@@ -136,8 +148,10 @@ class CocoJson(Benchmark):
             "dataset": str(self.root),
             "layout": self.layout,
             "folds": self.num_folds,
-            "novel_classes": sorted(self._novel),
-            "class_split": "explicit --fold-classes" if self.options.fold_classes else self.options.class_split,
+            "novel_classes": [] if self.options.all_classes else sorted(self._novel),
+            "all_classes": bool(self.options.all_classes),
+            "class_split": "all classes (--all-classes)" if self.options.all_classes else (
+                "explicit --fold-classes" if self.options.fold_classes else self.options.class_split),
             "standard_split": False,
             "list_fingerprint": pairs_fingerprint(self._pairs),
             "pairs": {split: len(pairs) for split, pairs in self._pairs.items()},

@@ -23,3 +23,5 @@ class BenchmarkOptions:
     layout: str = "auto"
     folds: int | None = None
     fold_classes: list[list[int]] | None = None
+    # coco_json: train on every category (no held-out fold), for deployment.
+    all_classes: bool = False

@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--layout", default="auto", help="coco_json layout: auto, separate_json, unified or separate")
     what.add_argument("--folds", type=int, help="coco_json: number of folds over the categories (default 4)")
     what.add_argument("--fold-classes", type=_fold_classes, help='coco_json: novel class ids per fold, e.g. "1,2;3,4"')
+    what.add_argument("--all-classes", action="store_true", help="coco_json: train on every category (no held-out fold), e.g. to fine-tune for deployment")
     what.add_argument("--replay", choices=("hsnet", "ifsl"), help="test on exactly the episodes of HSNet's or iFSL's test loader (needs their split lists)")
     what.add_argument("--boundary", choices=("ignore", "background"), help="query-mask ignore pixels (255): ignore (default for fss) or background (default for fscs, as iFSL's code)")
 
@@ -68,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--loss", help="segmentation loss, for methods that have one")
     model.add_argument("--train-steps", type=int, help="training steps (0 = evaluate the initialised model)")
     model.add_argument("--img-size", type=int, help="square input size (default: the benchmark's)")
+    model.add_argument("--weak", action="store_true", help="train from class tags only (iFSL's weak labels): presence, never a mask; lr / 10 unless --lr")
+    model.add_argument("--select-by", choices=("last", "miou", "er"), help="keep the weights of the best validation score (default: last; er with --weak, as iFSL)")
     model.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other method setting, e.g. --set k=32 --set embedding_dim=128 (repeatable)")
 
     run = parser.add_argument_group("running")
@@ -134,6 +137,7 @@ def _running_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ("predict", "export"):  # subcommands with their own parsers
+        import methods  # noqa: F401  (registers the methods and their checkpoint readers)
         from fsbench.workflows_cli import main as workflows_main
 
         return workflows_main(argv)

@@ -75,6 +75,18 @@ class Episode:
                 pinned[item.name] = [tensor.pin_memory() for tensor in value]
         return replace(self, **pinned)
 
+    def with_class_tags_only(self) -> "Episode":
+        """The episode as weak (class-tag) supervision sees it: support masks carry no pixel labels
+        (all foreground: each support image is known only to contain its way's class, as iFSL's weak
+        setting uses unmasked support features) and the query's masks are hidden (ignore); the
+        query's class presence stays, which is the only training signal."""
+        return replace(
+            self,
+            support_masks=torch.ones_like(self.support_masks),
+            query_masks=torch.full_like(self.query_masks, IGNORE_INDEX),
+            query_original_masks=None,
+        )
+
     def without_query_labels(self) -> "Episode":
         """A copy in which query masks and presence are replaced by ignore / False.
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from fsbench.checkpoint import load_checkpoint
+from fsbench.checkpoint import is_torch_pickle, load_checkpoint
 from fsbench.errors import FsbenchError
 from fsbench.foreign import read_torch_file
 from fsbench.registry import METHODS, Registry
@@ -35,21 +35,14 @@ class ForeignWeights:
     img_size: int | None = None  # the input size the weights were trained at, when the files say
 
 
-def is_pickle(path: Path) -> bool:
-    """torch.save files start with a zip header (PK) or a pickle protocol byte."""
-    with open(path, "rb") as stream:
-        head = stream.read(2)
-    return head == b"PK" or head[:1] == b"\x80"
-
-
 def read_weights(path: Path) -> tuple[str, dict, dict[str, Tensor], dict]:
     """(method name, config settings, state dict, record) of an fsbench or foreign weights file."""
     path = Path(path)
     if not path.is_file():
         raise FsbenchError(f"checkpoint not found: {path}")
-    if not is_pickle(path):
+    if not is_torch_pickle(path):
         state, metadata = load_checkpoint(path)
-        record = {"checkpoint": str(path), "format": "fsbench", "img_size": metadata.get("img_size")}
+        record = {"checkpoint": str(path), "format": "fsbench", "img_size": metadata.get("img_size"), "metadata": metadata}
         return metadata.get("method"), dict(metadata.get("config", {})), state, record
     foreign = read_torch_file(path)
     for name in FOREIGN_CHECKPOINTS.names():

@@ -16,13 +16,14 @@ import torch
 
 from fsbench import PROJECT_ROOT, __version__
 from fsbench.benchmark_options import BenchmarkOptions
-from fsbench.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from fsbench.checkpoint import FORMAT, save_checkpoint
 from fsbench.engine import distributed
 from fsbench.engine.evaluate import EvaluationSettings, evaluate
 from fsbench.engine.fit import FitSettings, fit
 from fsbench.episode import LABEL_RULES
 from fsbench.errors import FsbenchError, one_line
 from fsbench.foreign import file_sha256
+from fsbench.model_files import read_weights
 from fsbench.protocols import get_protocol
 from fsbench.provenance import check_test_classes_unseen, records_of, training_record
 from fsbench.registry import BENCHMARKS, METHODS
@@ -53,6 +54,25 @@ def method_config(method_class, benchmark, args, checkpoint_metadata: dict | Non
         config = config.with_overrides({**{k: v for k, v in saved.items() if k in known}, "pretrained": False}, args.method)
         overrides["pretrained"] = None
     return config.with_overrides(overrides, args.method).with_settings(args.set or [], args.method)
+
+
+@dataclass
+class LoadedWeights:
+    """--load's file: its state dict in fsbench's keys and the metadata a run needs (for a foreign
+    checkpoint: its method, the settings its keys imply and its format)."""
+
+    state: dict
+    metadata: dict
+
+
+def _read_load(args) -> LoadedWeights:
+    """The --load file, fsbench's or a foreign format a method registered (fsbench.model_files)."""
+    method_name, settings, state, record = read_weights(args.load)
+    metadata = record.get("metadata") or {"format": record["format"], "method": method_name, "config": settings,
+                                          "description": record.get("description")}
+    if metadata.get("method") != args.method:
+        raise FsbenchError(f"checkpoint {args.load} was made for method {metadata.get('method')!r}, not {args.method!r}")
+    return LoadedWeights(state, metadata)
 
 
 def _check_running_flags(args) -> None:
@@ -122,18 +142,26 @@ def _build(args, resume: bool, processes: distributed.Processes) -> Run:
     if processes.active and device.type == "cuda":
         device = torch.device("cuda", processes.local_rank)
 
-    checkpoint_metadata = read_metadata(args.load) if args.load is not None else None
-    if checkpoint_metadata is not None and checkpoint_metadata.get("method") != args.method:
-        raise FsbenchError(f"checkpoint {args.load} was made for method {checkpoint_metadata.get('method')!r}, not {args.method!r}")
+    loaded = _read_load(args) if args.load is not None else None
+    checkpoint_metadata = loaded.metadata if loaded is not None else None
     options = BenchmarkOptions(
         protocol=protocol.name, split_dir=args.split_dir, class_split=args.class_split, skip_bad=args.skip_bad,
-        layout=args.layout, folds=args.folds, fold_classes=args.fold_classes,
+        layout=args.layout, folds=args.folds, fold_classes=args.fold_classes, all_classes=args.all_classes,
     )
     benchmark = benchmark_class(args.datapath, args.fold, options)
     inherited = records_of(checkpoint_metadata)
     if args.load is not None:
+        if checkpoint_metadata.get("format") != FORMAT:
+            print(f"fsbench: note: {args.load} ({checkpoint_metadata['format']}) does not record what it was trained on; "
+                  f"fold {args.fold}'s test classes must not be among its training classes", flush=True)
         check_test_classes_unseen(inherited, benchmark, args.load)
+    if args.weak and not method_class.supports_weak:
+        able = ", ".join(name for name in METHODS.names() if METHODS.get(name).supports_weak) or "none"
+        raise FsbenchError(f"method {args.method!r} cannot learn from class tags only (--weak): its supports need pixel "
+                           f"labels or it has no presence from image-level supervision; methods that can: {able}")
     config = method_config(method_class, benchmark, args, checkpoint_metadata)
+    if args.weak and args.lr is None and checkpoint_metadata is None:
+        config = config.with_overrides({"lr": config.lr / 10}, args.method)  # iFSL: weak training at a tenth of the lr
     img_size = args.img_size or protocol.img_size(benchmark)
     transform = protocol.make_transform(img_size)
     task = args.task or ("fss" if args.way == 1 else "fscs")
@@ -150,19 +178,19 @@ def _build(args, resume: bool, processes: distributed.Processes) -> Run:
 
     torch.manual_seed(args.seed)
     method = method_class(config, device)
-    if args.load is not None:
-        state, _ = load_checkpoint(args.load, device)
-        method.load_state_dict(state)
+    if loaded is not None:
+        method.load_state_dict({key: value.to(device) for key, value in loaded.state.items()})
     identity = {
         "method": args.method, "backbone": config.backbone, "benchmark": args.benchmark, "fold": args.fold,
         "way": args.way, "shot": args.shot, "queries": args.queries, "task": task, "seed": args.seed,
         "protocol": protocol.name, "label_rule": args.labels, "replay": args.replay, "boundary": sampler.boundary,
+        "weak": args.weak,
     }
     return Run(
         args=args, resume=resume, processes=processes, device=device, method=method, benchmark=benchmark, sampler=sampler,
         transform=transform, task=task, img_size=img_size, original_size=original_size, train_steps=train_steps,
         identity=identity, inherited=inherited, checkpoint_metadata=checkpoint_metadata,
-        started_from={"path": str(args.load), "sha256": file_sha256(args.load)} if args.load is not None else None,
+        started_from={"path": str(args.load), "format": checkpoint_metadata.get("format"), "sha256": file_sha256(args.load)} if loaded else None,
     )
 
 
@@ -216,14 +244,15 @@ def _train_and_evaluate(run: Run) -> dict:
     train_summary = None
     if run.train_steps > 0:
         validation = EvaluationSettings(device=run.device, nworker=0, progress=False, label_rule=args.labels, amp=args.amp,
-                                        feature_cache_mb=0)
+                                        feature_cache_mb=0, weak=args.weak)
         val_every = args.val_every if args.val_every is not None else (run.train_steps // 5 if run.train_steps >= 5 else 0)
         settings = FitSettings(
             steps=run.train_steps, transform=run.transform, seed=args.seed, way=args.way, shot=args.shot, task=run.task,
             nworker=args.nworker, progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
             validate_every=val_every, validation_episodes=args.val_episodes,
             validate=lambda trained, validation_sampler: evaluate(trained, validation_sampler, validation, {}),
-            skip_bad=args.skip_bad, amp=args.amp, metadata={"method": args.method, "run": str(run_dir)},
+            skip_bad=args.skip_bad, amp=args.amp, weak=args.weak, select_by=args.select_by or ("er" if args.weak else "last"),
+            metadata={"method": args.method, "run": str(run_dir)},
         )
         train_summary = fit(run.method, benchmark, settings, run_dir, resume=run.resume)
         trained_on.append(training_record(benchmark, run.train_steps))
@@ -238,7 +267,7 @@ def _train_and_evaluate(run: Run) -> dict:
     evaluation = EvaluationSettings(
         device=run.device, nworker=args.nworker, batch_size=args.eval_bsz, original_size=run.original_size,
         progress=not args.no_progress and run.processes.is_main, label_rule=args.labels, skip_bad=args.skip_bad,
-        amp=args.amp, feature_cache_mb=args.feature_cache_mb,
+        amp=args.amp, feature_cache_mb=args.feature_cache_mb, weak=args.weak,
     )
     if args.vis is not None:  # renders of the first N episodes
         from fsbench.vis import EpisodeRenderer
@@ -264,6 +293,7 @@ def _train_and_evaluate(run: Run) -> dict:
         "training": None if train_summary is None else {
             "steps_done_here": train_summary.steps_done, "resumed": run.resume, "checkpoints": train_summary.checkpoints,
             "checkpoint_s": round(train_summary.checkpoint_seconds, 3), "skipped_items": train_summary.skipped_items,
+            "selected": train_summary.selected,
         },
         "elapsed_s": round(time.perf_counter() - started, 2),
         "amp": args.amp,

@@ -82,14 +82,13 @@ def resolve_weights(args) -> Path | None:
 
 
 def _device(name: str):
-    from fsbench.cli import resolve_device
+    from fsbench.run import resolve_device
 
     return resolve_device(name)
 
 
 def _load(args, device):
     """(method, record, preprocessing name, img_size) from --load / --checkpoint_dir."""
-    import methods  # noqa: F401  (registers methods, their foreign readers and exporters)
     from fsbench.model_files import load_method
     from fsbench.preprocessing import get_preprocessing
 

@@ -100,6 +100,10 @@ class Method(ABC):
     # query_features [Q, ...]): the evaluator then encodes the images of several episodes in one
     # forward pass and never encodes an image twice (fsbench.engine.batched).
     encodes_images: ClassVar[bool] = False
+    # True when the method can learn from class tags only (--weak): its training_stages(context)
+    # with context.weak gives a loss on the query's class presence (iFSL's classification objective),
+    # and it predicts from supports whose masks carry no pixel labels.
+    supports_weak: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig, device: torch.device | str = "cpu"):
         self.config = config

@@ -19,10 +19,14 @@ from torch import Tensor, nn
 from fsbench.backbones import load_imagenet_weights
 from fsbench.engine.plan import Optimiser, ParameterGroup, Schedule, StepContext, TrainingContext, TrainingStage
 from fsbench.episode import IGNORE_INDEX, Episode, Prediction
+from fsbench.errors import FsbenchError
 from fsbench.losses import proxy_anchor_loss
 from fsbench.registry import METHODS
 from methods.base import Method, MethodConfig, round_up
 from methods.dml_original import OriginalEmbeddingNetwork, predict_original
+
+
+KNN_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -52,6 +56,9 @@ class DMLKNNConfig(MethodConfig):
     knn_chunk_size: int = 4096
     # kNN on every knn_stride-th query pixel, probabilities upsampled bilinearly (1 = every pixel).
     knn_stride: int = 1
+    # The similarity matmul's precision: "fp32", or "bf16" / "fp16" (faster where the device has
+    # fast half-precision matmuls; neighbours may change at near-ties, see fsbench.perf knn-options).
+    knn_precision: str = "fp32"
     # rootvisionai/dml_segmentation's own checkpoints (methods/dml_original.py): "original" =
     # its network (UNet++ + ReLU-BN-Conv head), its kNN rules, its preprocessing for predict.
     architecture: str = "fsbench"
@@ -96,6 +103,9 @@ class DMLKNN(Method):
     def __init__(self, config: DMLKNNConfig, device: torch.device | str = "cpu"):
         super().__init__(config, device)
         import segmentation_models_pytorch as smp
+
+        if config.knn_precision not in KNN_PRECISIONS:
+            raise FsbenchError(f"unknown knn_precision {config.knn_precision!r} for dml_knn; available: {', '.join(KNN_PRECISIONS)}")
 
         # The original repo's kNN rules work on the whole episode (methods/dml_original.py), not on
         # per-image encodings.
@@ -216,9 +226,10 @@ class DMLKNN(Method):
         query_grid = query_features[:, :, ::stride, ::stride].float()
         grid_size = query_grid.shape[-2:]
         query_pixels = query_grid.permute(0, 2, 3, 1).reshape(-1, query_grid.shape[1])  # [Q*h*w, D]
+        dtype = KNN_PRECISIONS[self.config.knn_precision]
         shares = knn_label_shares(
-            query_pixels, reference_pixels, reference_labels, episode.way + 1, self.config.k, self.config.knn_chunk_size
-        )
+            query_pixels.to(dtype), reference_pixels.to(dtype), reference_labels, episode.way + 1, self.config.k, self.config.knn_chunk_size
+        ).float()
         fg_probs = shares[:, 1:].reshape(query_grid.shape[0], *grid_size, episode.way).permute(0, 3, 1, 2)
         if stride > 1:
             fg_probs = F.interpolate(fg_probs, size=(height, width), mode="bilinear", align_corners=False).clamp(0, 1)

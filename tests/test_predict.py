@@ -133,6 +133,6 @@ def test_sizes_the_network_cannot_take_are_padded_and_cropped_back():
 
     episode = Episode(torch.rand(1, 1, 3, 40, 40), torch.zeros(1, 1, 40, 40, dtype=torch.int64), torch.rand(2, 3, 40, 40),
                       torch.full((2, 40, 40), 255), torch.tensor([1]), torch.zeros(2, 1, dtype=torch.bool))
-    prediction = predict_padded(predict, episode)
+    prediction = predict_padded(predict, episode, lambda height, width: (64, 64))
     assert seen["size"] == (64, 64) and prediction.fg_probs.shape == (2, 1, 40, 40)
     assert prediction.fg_probs[0, 0, 0].tolist() == [1.0] * 32 + [0.0] * 8

@@ -87,6 +87,8 @@ class EvaluationSettings:
     amp: str = "off"
     # Budget of the per-image encoding cache (0: off); see fsbench.engine.batched.
     feature_cache_mb: float = 1024
+    # Class tags only (--weak): supports carry no pixel labels, as the model was trained.
+    weak: bool = False
     original_size: bool = False
     progress: bool = True
     # How labels are read from probabilities: "argmax" over [background, ways] (iFSL / HSNet) or
@@ -193,7 +195,10 @@ def evaluate(method, sampler: EpisodeSampler, settings: EvaluationSettings, clas
             on_device = [episode.to(device) for episode in episodes]
             predict_time.start()
             with autocast(device, settings.amp):
-                predictions = predict_episodes(method, [episode.without_query_labels() for episode in on_device], cache)
+                hidden = [episode.without_query_labels() for episode in on_device]
+                if settings.weak:
+                    hidden = [episode.with_class_tags_only() for episode in hidden]
+                predictions = predict_episodes(method, hidden, cache)
             predict_time.stop()
             metrics_time.start()
             for episode, on_device_episode, prediction in zip(episodes, on_device, predictions):

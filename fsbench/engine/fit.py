@@ -25,6 +25,7 @@ from fsbench.engine.curves import TrainLog
 from fsbench.engine.data import BaseClassImageStream, SkippedItem, episode_batches, image_batches
 from fsbench.engine.padding import pad_batch, pad_episode
 from fsbench.engine.plan import StepContext, TrainingContext, TrainingStage
+from fsbench.checkpoint import load_checkpoint, save_checkpoint
 from fsbench.engine.training_state import TrainingState, load_training_state, rng_state, save_training_state
 from fsbench.errors import FsbenchError
 from fsbench.sampler import EpisodeSampler
@@ -63,6 +64,11 @@ class FitSettings:
     skip_bad: bool = False
     log_every: int = 1
     amp: str = "off"  # mixed precision of the forward passes: "off", "bf16" or "fp16" (with loss scaling)
+    # Class tags only (--weak): training episodes lose their pixel labels before the loss sees them.
+    weak: bool = False
+    # Model selection: keep the weights of the best validation "miou" or "er" (iFSL selects weak
+    # models by ER), or "last" (the final weights).
+    select_by: str = "last"
     metadata: dict = field(default_factory=dict)  # written into the training checkpoint
     on_step: Callable[[int, dict], None] | None = None  # called with (global step, logged row) after each update
 
@@ -75,6 +81,37 @@ class FitSummary:
     checkpoint_seconds: float = 0.0
     checkpoints: int = 0
     validation: list = field(default_factory=list)  # [(step, {"miou", "er"})]
+    selected: dict | None = None  # {"step", "metric", "value"} of the weights kept by select_by
+
+
+SELECTIONS = ("last", "miou", "er")
+BEST_NAME = "best_model.safetensors"
+
+
+class _BestWeights:
+    """Model selection by a validation score: the best weights so far, kept in the run folder (so a
+    resumed run still knows them) and restored when training ends."""
+
+    def __init__(self, metric: str, run_dir: Path | None, resume: bool):
+        self.metric, self.run_dir = metric, run_dir
+        self.value, self.step, self.state = None, None, None
+        if metric != "last" and resume and run_dir is not None and (run_dir / BEST_NAME).is_file():
+            self.state, metadata = load_checkpoint(run_dir / BEST_NAME)
+            self.value, self.step = metadata["value"], metadata["step"]
+
+    def offer(self, method, step: int, scores: dict) -> None:
+        if self.metric == "last" or (self.value is not None and scores[self.metric] <= self.value):
+            return
+        self.value, self.step = scores[self.metric], step
+        self.state = {key: value.detach().cpu().clone() for key, value in method.state_dict().items()}
+        if self.run_dir is not None:
+            save_checkpoint(self.run_dir / BEST_NAME, self.state, {"metric": self.metric, "value": self.value, "step": step})
+
+    def restore(self, method) -> dict | None:
+        if self.state is None:
+            return None
+        method.load_state_dict({key: value.to(method.device) for key, value in self.state.items()})
+        return {"step": self.step, "metric": self.metric, "value": self.value}
 
 
 def step_seed(seed: int, stage: int, step: int) -> int:
@@ -88,11 +125,18 @@ def fit(method, benchmark, settings: FitSettings, run_dir: Path | None, resume: 
     started = time.perf_counter()
     context = TrainingContext(
         steps=settings.steps, base_classes=benchmark.classes("train"), way=settings.way, shot=settings.shot,
-        task=settings.task, seed=settings.seed, image_batches=_image_batches(method, benchmark, settings),
+        task=settings.task, seed=settings.seed, weak=settings.weak, image_batches=_image_batches(method, benchmark, settings),
     )
     stages: list[TrainingStage] = [stage for stage in method.training_stages(context) if stage.steps > 0]
+    if settings.weak and any(stage.data == "images" for stage in stages):
+        raise FsbenchError(f"method {method.registry_name!r} declared a stage on dense image labels for a --weak run")
+    if settings.select_by not in SELECTIONS:
+        raise FsbenchError(f"unknown --select-by {settings.select_by!r}; available: {', '.join(SELECTIONS)}")
+    if settings.select_by != "last" and not (settings.validate_every and settings.validate):
+        raise FsbenchError(f"--select-by {settings.select_by} needs validation (--val-every N)")
     processes = distributed.current()
     writes = run_dir is not None and processes.is_main  # under torchrun only rank 0 writes files
+    best = _BestWeights(settings.select_by, run_dir if writes else None, resume)
     saved = load_training_state(run_dir) if resume and run_dir is not None else None
     if resume and saved is None:
         print(f"fsbench: {run_dir} has no training checkpoint yet; training from the start", flush=True)
@@ -142,12 +186,13 @@ def fit(method, benchmark, settings: FitSettings, run_dir: Path | None, resume: 
             for group, base in zip(optimiser.param_groups, base_rates):
                 group["lr"] = base * factor
             seed = step_seed(settings.seed, stage_index, step)
-            scalars, skipped = single_update(method, stage, optimiser, batch, seed, step, clipped, loss, settings.amp, scaler)
+            scalars, skipped = single_update(method, stage, optimiser, batch, seed, step, clipped, loss, settings.amp, scaler, settings.weak)
             summary.skipped_items += skipped
             global_step = offsets[stage_index] + step + 1
             row = {"step": global_step, "stage": stage.name, "stage_step": step + 1, "lr": optimiser.param_groups[0]["lr"], **(scalars or {})}
             if settings.validate_every and settings.validate and global_step % settings.validate_every == 0:
                 row.update(_validate(method, benchmark, settings, stage, summary, global_step))
+                best.offer(method, global_step, summary.validation[-1][1])
             if log is not None and (global_step % settings.log_every == 0 or "val_miou" in row):
                 log.append(row)
             if settings.on_step is not None:
@@ -163,6 +208,7 @@ def fit(method, benchmark, settings: FitSettings, run_dir: Path | None, resume: 
                 summary.checkpoint_seconds += time.perf_counter() - checkpoint_started
                 summary.checkpoints += 1
     bar.close()
+    summary.selected = best.restore(method)
     method.eval()
     if log is not None:
         log.plot()
@@ -199,7 +245,7 @@ def _set_modes(method, stage: TrainingStage) -> None:
 
 
 def single_update(method, stage: TrainingStage, optimiser, batch, seed: int, step: int = 0, clipped: list | None = None,
-                  loss=None, amp: str = "off", scaler=None) -> tuple[dict | None, int]:
+                  loss=None, amp: str = "off", scaler=None, weak: bool = False) -> tuple[dict | None, int]:
     """One optimiser update of ``stage`` on ``batch`` (an image batch, or a list of episodes whose
     gradients are accumulated), with the torch RNG and the loss's generator seeded from ``seed``.
 
@@ -208,7 +254,7 @@ def single_update(method, stage: TrainingStage, optimiser, batch, seed: int, ste
     skipped and nothing was updated; the number of items skipped).
     """
     torch.manual_seed(seed)
-    context = StepContext(step=step, generator=torch.Generator().manual_seed(seed))
+    context = StepContext(step=step, generator=torch.Generator().manual_seed(seed), weak=weak)
     optimiser.zero_grad(set_to_none=True)
     scalars, skipped = _accumulate(method, stage, batch, context, loss or stage.loss, amp, scaler)
     if scalars is not None:
@@ -264,6 +310,8 @@ def _accumulate(method, stage: TrainingStage, batch, context: StepContext, loss,
         _backward(outputs["loss"].float(), scaler)
         return _scalars(outputs), skipped
     episodes = [episode for episode in batch if not isinstance(episode, SkippedItem)]
+    if context.weak:
+        episodes = [episode.with_class_tags_only() for episode in episodes]
     skipped = len(batch) - len(episodes)
     if not episodes:
         return None, skipped
