@@ -29,6 +29,7 @@ IMAGENET_WEIGHT_FILES = {
 
 
 def weight_search_paths(file_name: str) -> list[Path]:
+    """Where ``file_name`` is looked for, in order: $FSBENCH_WEIGHTS (when set), data/weights/, the hub cache."""
     places = []
     if os.environ.get("FSBENCH_WEIGHTS"):
         places.append(Path(os.environ["FSBENCH_WEIGHTS"]) / file_name)
@@ -52,9 +53,11 @@ def imagenet_state_dict(architecture: str) -> dict[str, Tensor]:
                 return torch.load(place, map_location="cpu", weights_only=True)
             except Exception as error:  # a damaged or foreign file: say which one
                 raise FsbenchError(f"cannot read ImageNet weights {place}: {error}") from None
+    searched = ", ".join(str(place.parent) for place in places)
+    hint = "" if os.environ.get("FSBENCH_WEIGHTS") else " (or in a folder named by $FSBENCH_WEIGHTS)"
     raise FsbenchError(
-        f"ImageNet weights for {architecture} not found; put {file_name} (from torchvision) in "
-        f"{places[-1].parent} or $FSBENCH_WEIGHTS, or pass --pretrained false"
+        f"ImageNet weights for {architecture} not found: looked for {file_name} in {searched}; put that file "
+        f"(from torchvision) in one of them{hint}, or pass --pretrained false"
     )
 
 

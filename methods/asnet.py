@@ -8,7 +8,8 @@ dimensions, then a feed-forward block) that reduce the support to one position; 
 FS-CS heads for any N: per-way 2-channel maps, merged background, class presence where some pixel's
 foreground probability is >= 0.5. k shots: iFSL's logit averaging by default. Training: Adam,
 lr 1e-3, 1-shot episodes at 400x400, NLL of the merged log-probabilities; frozen backbone.
-Learnable parameters: 1.3M. iFSL's layers only fit inputs of 393-512 px a side; at other sizes
+Learnable parameters: 1.3M. --weak (iFSL's class tags): the learner gets no support mask (no
+attention masking) and the loss is fsbench.losses.class_tag_loss on the per-way maps. iFSL's layers only fit inputs of 393-512 px a side; at other sizes
 fsbench pools the planes entering the mixing layers to the 2x2 they have at 400 px
 (methods/correlation/asnet_learner.py).
 """
@@ -34,7 +35,7 @@ class ASNetConfig(CorrelationConfig):
         "pretrained": False,
         "train_backbone": True,
         "batch_size": 4,
-        "train_steps": 400,
+        "train_steps": 100,
     }
 
 
@@ -43,6 +44,7 @@ class ASNet(CorrelationMethod):
     Config = ASNetConfig
     learner_class = ASNetLearner
     learner_sees_masks = True
+    supports_weak = True
 
-    def support_taps(self, images: Tensor, masks: Tensor) -> list[Tensor]:
-        return pool_wide_taps(self.tap_backbone(images))
+    def support_taps(self, taps: list[Tensor], images: Tensor, masks: Tensor | None) -> list[Tensor]:
+        return pool_wide_taps(taps)

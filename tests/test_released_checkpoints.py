@@ -11,9 +11,10 @@ import pytest
 import torch
 import torchvision
 
-from fsbench.checkpoint_import import is_pickled, read_checkpoint
+from fsbench.checkpoint import is_torch_pickle
 from fsbench.cli import main
 from fsbench.errors import FsbenchError
+from fsbench.model_files import load_method, read_weights
 from fsbench.registry import METHODS
 from fsbench.sampler import EpisodeSampler
 from fsbench.transforms import SquashResize
@@ -119,22 +120,24 @@ def _predictions_equal(first, second, tiny_shapes, way=2):
     return torch.equal(one.fg_probs, two.fg_probs) and torch.equal(one.presence, two.presence)
 
 
-def _load(metadata, state):
-    method_class = METHODS.get(metadata["method"])
-    method = method_class(method_class.Config().with_overrides(metadata["config"], metadata["method"]))
+def _load(method_name, settings, state):
+    method_class = METHODS.get(method_name)
+    method = method_class(method_class.Config().with_overrides({**settings, "pretrained": False}, method_name))
     method.load_state_dict(state)
     return method
 
 
 def test_hsnet_dataparallel_file_loads_strictly_and_predicts_the_same(hsnet_file, hsnet_source, tiny_shapes):
-    metadata, state = read_checkpoint(hsnet_file, "hsnet")
-    assert metadata["method"] == "hsnet"
-    assert metadata["config"]["backbone"] == "resnet50" and metadata["config"]["shot_aggregation"] == "vote"
-    assert metadata["config"]["pretrained"] is False
-    assert metadata["source"]["format"] == "hsnet-dataparallel"
-    assert metadata["source"]["sha256"] == hashlib.sha256(hsnet_file.read_bytes()).hexdigest()
+    method_name, settings, state, record = read_weights(hsnet_file)
+    assert method_name == "hsnet" and settings == {"backbone": "resnet50", "shot_aggregation": "vote"}
+    assert record["format"] == "hsnet_best_model" and record["img_size"] == 400
+    assert record["sha256"] == hashlib.sha256(hsnet_file.read_bytes()).hexdigest()
     assert not any(key.startswith("backbone.fc.") for key in state)  # the classifier is dropped by name
-    assert _predictions_equal(_load(metadata, state), hsnet_source, tiny_shapes)
+    assert _predictions_equal(_load(method_name, settings, state), hsnet_source, tiny_shapes)
+    # predict --load and export go through load_method: the same weights, ready in eval mode
+    method, record = load_method(hsnet_file, "hsnet", torch.device("cpu"))
+    assert record["method"] == "hsnet" and not method.learner.training
+    assert _predictions_equal(method, hsnet_source, tiny_shapes)
 
 
 def test_hsnet_file_with_a_missing_or_stray_key_is_refused(tmp_path, hsnet_file):
@@ -143,19 +146,23 @@ def test_hsnet_file_with_a_missing_or_stray_key_is_refused(tmp_path, hsnet_file)
     del missing["module.hpn_learner.decoder1.0.bias"]
     torch.save(missing, tmp_path / "missing.pt")
     with pytest.raises(FsbenchError, match=r"1 missing \(e\.g\. learner\.decoder1\.0\.bias\)"):
-        read_checkpoint(tmp_path / "missing.pt", "hsnet")
+        read_weights(tmp_path / "missing.pt")
     stray = {**state, "module.hpn_learner.extra.weight": torch.zeros(1)}
     torch.save(stray, tmp_path / "stray.pt")
     with pytest.raises(FsbenchError, match=r"1 unexpected \(e\.g\. learner\.extra\.weight\)"):
-        read_checkpoint(tmp_path / "stray.pt", "hsnet")
+        read_weights(tmp_path / "stray.pt")
 
 
-def test_a_checkpoint_of_another_method_is_refused_in_one_line(hsnet_file):
+def test_a_checkpoint_of_another_method_is_refused_in_one_line(hsnet_file, tiny_datapath, tmp_path, capsys):
+    assert read_weights(hsnet_file, "asnet")[0] == "hsnet"  # an hsnet file is never read as asnet
     with pytest.raises(FsbenchError) as caught:
-        read_checkpoint(hsnet_file, "asnet")
-    message = str(caught.value)
-    assert "hsnet checkpoint (hsnet-dataparallel, backbone resnet50)" in message and "'asnet'" in message
-    assert "\n" not in message
+        load_method(hsnet_file, "asnet", torch.device("cpu"))
+    assert str(caught.value) == f"checkpoint {hsnet_file} was made for method 'hsnet', not 'asnet'"
+    code = main(["--method", "asnet", "--eval", "--load", str(hsnet_file), "--datapath", str(tiny_datapath),
+                 "--logpath", str(tmp_path / "run"), "--nworker", "0", "--no-progress"])
+    message = capsys.readouterr().err.strip()
+    assert code == 1 and "was made for method 'hsnet', not 'asnet'" in message and len(message.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
 
 
 def test_ifsl_lightning_file_loads_strictly_and_names_its_method(tmp_path, asnet_source, ifsl_callbacks, tiny_shapes):
@@ -165,21 +172,18 @@ def test_ifsl_lightning_file_loads_strictly_and_names_its_method(tmp_path, asnet
     assert learner["encoder_layer3to2.1.ff.ff.3.weight"].shape == (128, 64, 1, 1, 1)
 
     hm = _lightning(tmp_path / "hm.ckpt", learner, backbone, ifsl_callbacks, "logs/pascal/fold0/resnet50/asnethm")
-    metadata, state = read_checkpoint(hm, None)  # the callback's dirpath names the method
-    assert metadata["method"] == "asnethm" and metadata["config"]["shot_aggregation"] == "average"
-    assert metadata["source"]["format"] == "ifsl-lightning" and metadata["source"]["epoch"] == 57
-    assert metadata["source"]["saved_under"] == "logs/pascal/fold0/resnet50/asnethm"
-    with pytest.raises(FsbenchError, match="asnethm checkpoint .* not one of method 'asnet'"):
-        read_checkpoint(hm, "asnet")
+    method_name, settings, state, record = read_weights(hm)  # the callback's dirpath names the method
+    assert method_name == "asnethm" and settings["shot_aggregation"] == "average"
+    assert record["format"] == "ifsl_lightning" and "epoch 57" in record["description"]
+    assert "saved under logs/pascal/fold0/resnet50/asnethm" in record["description"]
+    assert read_weights(hm, "asnet")[0] == "asnethm"  # the other of the two only where the file cannot tell
 
     plain = _lightning(tmp_path / "run.ckpt", learner, backbone, ifsl_callbacks, "logs/pascal/fold0/resnet50/myrun")
-    with pytest.raises(FsbenchError, match="fits methods asnet, asnethm"):
-        read_checkpoint(plain, None)
-    metadata, state = read_checkpoint(plain, "asnet")
-    assert metadata["method"] == "asnet"
-    assert _predictions_equal(_load(metadata, state), asnet_source, tiny_shapes)
-    with pytest.raises(FsbenchError, match="not one of method 'hsnet'"):
-        read_checkpoint(plain, "hsnet")
+    assert read_weights(plain)[0] == "asnet"
+    assert read_weights(plain, "asnethm")[0] == "asnethm"
+    assert read_weights(plain, "hsnet")[0] == "asnet"  # hsnet's learner does not fit: the caller refuses
+    method_name, settings, state, record = read_weights(plain, "asnet")
+    assert _predictions_equal(_load(method_name, settings, state), asnet_source, tiny_shapes)
 
 
 def test_a_file_naming_any_other_global_is_refused_and_nothing_runs(tmp_path, asnet_source, ifsl_callbacks, tiny_datapath, capsys):
@@ -187,7 +191,7 @@ def test_a_file_naming_any_other_global_is_refused_and_nothing_runs(tmp_path, as
                       ifsl_callbacks, "logs/x/asnet", extra={"hyper_parameters": ifsl_callbacks.Dangerous()})
     RAN.clear()
     with pytest.raises(FsbenchError, match=r"names \S*_record_run, .*refused, nothing from the file was run"):
-        read_checkpoint(evil, "asnet")
+        read_weights(evil)
     run_dir = tmp_path / "run"
     code = main(["--method", "asnet", "--eval", "--load", str(evil), "--datapath", str(tiny_datapath),
                  "--logpath", str(run_dir), "--nworker", "0", "--no-progress"])
@@ -195,12 +199,24 @@ def test_a_file_naming_any_other_global_is_refused_and_nothing_runs(tmp_path, as
     assert "refused" in capsys.readouterr().err
 
 
+def test_eval_load_of_a_released_file_records_format_and_sha256(tmp_path, hsnet_file, tiny_datapath, capsys):
+    run_dir = tmp_path / "run"
+    code = main(["--method", "hsnet", "--eval", "--load", str(hsnet_file), "--datapath", str(tiny_datapath), "--img-size", "64",
+                 "--episodes", "2", "--nworker", "0", "--logpath", str(run_dir), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["started_from"]["format"] == "hsnet_best_model"
+    assert results["started_from"]["sha256"] == hashlib.sha256(hsnet_file.read_bytes()).hexdigest()
+    assert json.loads((run_dir / "config.json").read_text())["method_config"]["backbone"] == "resnet50"
+
+
 def test_convert_writes_a_safetensors_checkpoint_that_evaluates_without_pickle(tmp_path, hsnet_file, tiny_datapath, monkeypatch, capsys):
     converted = tmp_path / "hsnet_r50.safetensors"
     assert main(["convert", str(hsnet_file), str(converted)]) == 0
-    assert converted.is_file() and not is_pickled(converted)
+    assert converted.is_file() and not is_torch_pickle(converted)
     assert main(["convert", str(hsnet_file), str(converted)]) == 1  # never overwrites
-    capsys.readouterr()
+    assert main(["convert", str(hsnet_file), str(tmp_path / "other.safetensors"), "--method", "asnet"]) == 1
+    assert "made for method 'hsnet', not 'asnet'" in capsys.readouterr().err
 
     def no_pickles(*args, **kwargs):
         raise AssertionError("torch.load was called")
@@ -211,8 +227,9 @@ def test_convert_writes_a_safetensors_checkpoint_that_evaluates_without_pickle(t
                  "--episodes", "2", "--nworker", "0", "--logpath", str(run_dir), "--no-progress"])
     assert code == 0, capsys.readouterr().err
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["checkpoint_source"]["format"] == "hsnet-dataparallel"
-    assert results["checkpoint_source"]["sha256"] == hashlib.sha256(hsnet_file.read_bytes()).hexdigest()
+    source = results["started_from"]["converted_from"]
+    assert source["format"] == "hsnet_best_model" and source["checkpoint"] == str(hsnet_file)
+    assert source["sha256"] == hashlib.sha256(hsnet_file.read_bytes()).hexdigest()
     config = json.loads((run_dir / "config.json").read_text())
     assert config["method_config"]["backbone"] == "resnet50" and config["method_config"]["shot_aggregation"] == "vote"
 

@@ -1,9 +1,11 @@
 """What hsnet, asnet and asnethm share: a frozen backbone's taps, 4D correlations of every (query,
 way, shot) pair, a learner that turns them into 2-channel maps, the FS-CS heads and k-shot rules
-(way_maps.py), training losses and the hook that reads the authors' released checkpoints.
+(way_maps.py), and the training stage.
 
 Each method says how support taps are prepared (``support_taps``), which learner squeezes the
-correlations and whether the learner sees the support masks (ASNet's attention masking).
+correlations and whether the learner sees the support masks (ASNet's attention masking). The
+backbone's taps of an image depend on nothing else, so prediction splits into ``encode`` (taps per
+image, cached by the evaluator) and ``predict_encoded`` (masking, correlations, learner, heads).
 """
 from __future__ import annotations
 
@@ -15,16 +17,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fsbench.engine.plan import Optimiser, ParameterGroup, StepContext, TrainingContext, TrainingStage
 from fsbench.episode import IGNORE_INDEX, Episode, Prediction
 from fsbench.errors import FsbenchError
-from fsbench.train import TrainSettings, train_episodic
+from fsbench.losses import class_tag_loss
 from methods.base import Method, MethodConfig
 from methods.correlation.backbone_taps import build_taps
 from methods.correlation.hypercorrelation import hypercorrelation
 from methods.correlation.way_maps import SHOT_AGGREGATIONS, WayMaps, upsample
 
 LOSSES = ("hsnet", "ifsl")
-# Largest padding fsbench adds to reach a size the learner takes (beyond it the size is refused).
+# Largest padding the engine may add to reach a size the learner takes (beyond it the size is refused).
 MAX_PADDING = 1024
 
 
@@ -45,9 +48,10 @@ class CorrelationConfig(MethodConfig):
     backbone: str = "resnet101"
     pretrained: bool = True
     lr: float = 1e-3  # Adam, both papers
-    batch_size: int = 20  # HSNet's; iFSL's code defaults to 12
-    # Episodes; the papers train "until convergence" (HSNet: 2 days on 4 GPUs for Pascal), no fixed count.
-    train_steps: int = 200_000
+    batch_size: int = 20  # episodes per update: HSNet's; iFSL's code defaults to 12
+    # Updates of batch_size episodes (200k episodes); the papers train "until convergence" (HSNet:
+    # 2 days on 4 GPUs for Pascal) and give no fixed count.
+    train_steps: int = 10_000
     shot_aggregation: str = "vote"
     loss: str = "hsnet"
     way_valued_support_masks: bool = False
@@ -59,6 +63,7 @@ class CorrelationMethod(Method):
     and implement ``support_taps``."""
 
     Config = CorrelationConfig
+    encodes_images = True
     learner_class: ClassVar[type[nn.Module]]
     learner_sees_masks: ClassVar[bool] = False
 
@@ -70,8 +75,6 @@ class CorrelationMethod(Method):
         self.backbone = build_taps(config.backbone, config.pretrained)
         self.backbone.requires_grad_(config.train_backbone)
         self.learner = self.learner_class(self.backbone.group_sizes)
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.accumulated = 0
         self.to(self.device)
         self.eval()
 
@@ -84,14 +87,16 @@ class CorrelationMethod(Method):
             self.backbone.eval()  # frozen: batch-norm statistics stay ImageNet's
         return self
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """The parameters training updates: the learner's (and the backbone's if train_backbone)."""
-        return [parameter for module in self.modules().values() for parameter in module.parameters() if parameter.requires_grad]
-
     # --- the model -------------------------------------------------------------------------------
     @abstractmethod
-    def support_taps(self, images: Tensor, masks: Tensor) -> list[Tensor]:
-        """Taps of support images [S, 3, H, W] with masks [S, H, W] (float) as the learner needs them."""
+    def support_taps(self, taps: list[Tensor], images: Tensor, masks: Tensor | None) -> list[Tensor]:
+        """Support taps as the learner needs them, from the backbone's taps of the support images.
+
+        Args:
+            taps: per tap [S, C_l, h_l, w_l], the backbone's taps of the support images.
+            images: [S, 3, H, W] the support images (asnethm runs the backbone on masked images).
+            masks: [S, H, W] float support masks, or None when supports carry no pixel labels (--weak).
+        """
 
     def tap_backbone(self, images: Tensor) -> list[Tensor]:
         with torch.set_grad_enabled(self.config.train_backbone and torch.is_grad_enabled()):
@@ -99,61 +104,60 @@ class CorrelationMethod(Method):
 
     def support_masks(self, episode: Episode) -> Tensor:
         """[N, K, H, W] float: 1 on way n's foreground (or n + 1, see way_valued_support_masks), 0 elsewhere
-        (ignore pixels included, as HSNet's and iFSL's loaders do)."""
+        (ignore and padding pixels included, as HSNet's and iFSL's loaders zero ignore pixels)."""
         masks = (episode.support_masks == 1).float()
         if self.config.way_valued_support_masks:
             masks = masks * torch.arange(1, episode.way + 1, device=masks.device, dtype=masks.dtype).view(-1, 1, 1, 1)
         return masks
 
-    def shot_logits(self, episode: Episode) -> Tensor:
+    def shot_logits(self, episode: Episode, support_features: list[Tensor] | None = None,
+                    query_features: list[Tensor] | None = None, use_masks: bool = True) -> Tensor:
         """[K, Q, N, 2, h, w] raw 2-channel logits of every (shot, query, way) at the learner's output
-        size, for an episode whose images the learner takes (see valid_input_size)."""
+        size (1/4 of the input), for an episode of a size the learner takes (see valid_size).
+
+        support_features [N*K, ...] / query_features [Q, ...]: the backbone's taps from ``encode``
+        (computed here when None). use_masks False: the supports' masks are not used at all (iFSL's
+        weak training passes no support mask).
+        """
         way, shot, queries = episode.way, episode.shot, episode.num_queries
-        masks = self.support_masks(episode).flatten(0, 1)  # [N*K, H, W], support image n*K + k
-        query_taps = self.tap_backbone(episode.query_images)
-        support_taps = self.support_taps(episode.support_images.flatten(0, 1), masks)
+        support_images = episode.support_images.flatten(0, 1)
+        masks = self.support_masks(episode).flatten(0, 1) if use_masks else None  # [N*K, H, W], image n*K + k
+        query_taps = self.tap_backbone(episode.query_images) if query_features is None else list(query_features)
+        support_raw = self.tap_backbone(support_images) if support_features is None else list(support_features)
+        support_taps = self.support_taps(support_raw, support_images, masks)
         device = episode.query_images.device
         query_index = torch.arange(queries, device=device).repeat_interleave(way)  # pairs (q, n), q major
         logits = []
         for shot_index in range(shot):
             support_index = (torch.arange(way, device=device) * shot + shot_index).repeat(queries)
             correlations = hypercorrelation(query_taps, support_taps, query_index, support_index, self.backbone.group_sizes)
-            pair_masks = masks.index_select(0, support_index) if self.learner_sees_masks else None
+            pair_masks = masks.index_select(0, support_index) if self.learner_sees_masks and masks is not None else None
             pair_logits = self.learner(correlations, pair_masks)  # [Q*N, 2, h, w]
             logits.append(pair_logits.view(queries, way, *pair_logits.shape[1:]))
         return torch.stack(logits)
 
-    def padded_shot_logits(self, episode: Episode) -> tuple[Tensor, tuple[int, int]]:
-        """shot_logits of the episode padded (bottom/right, zeros) to a size the learner takes.
-
-        Returns (logits, size): unpadded, the learner's own output and the images' size; padded,
-        logits upsampled to the padded size and cropped to the images (so already at ``size``).
-        """
-        size = tuple(episode.query_images.shape[-2:])
-        padded = self.valid_input_size(*size)
-        if padded == size:
-            return self.shot_logits(episode), size
-        extra = (0, padded[1] - size[1], 0, padded[0] - size[0])
-        padded_episode = Episode(
-            support_images=F.pad(episode.support_images, extra),
-            support_masks=F.pad(episode.support_masks, extra),
-            query_images=F.pad(episode.query_images, extra),
-            query_masks=episode.query_masks,
-            class_ids=episode.class_ids,
-            query_presence=episode.query_presence,
-        )
-        logits = self.shot_logits(padded_episode)
-        shots, queries, ways = logits.shape[:3]
-        logits = upsample(logits.flatten(0, 2), padded)[..., : size[0], : size[1]]
-        return logits.unflatten(0, (shots, queries, ways)), size
-
-    def way_maps(self, episode: Episode) -> WayMaps:
-        logits, _ = self.padded_shot_logits(episode)
+    def way_maps(self, logits: Tensor) -> WayMaps:
         return WayMaps(log_probs=logits.log_softmax(dim=3), aggregation=self.config.shot_aggregation, logits=logits)
+
+    # --- inference -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> list[Tensor]:
+        """[B, 3, H, W] -> the backbone's taps, per tap [B, C_l, h_l, w_l] (frozen: a pure function of the image)."""
+        return self.backbone(images)
 
     @torch.no_grad()
     def predict(self, episode: Episode) -> Prediction:
-        return self.way_maps(episode).prediction(tuple(episode.query_images.shape[-2:]))
+        return self.predict_by_encoding(episode)
+
+    @torch.no_grad()
+    def predict_encoded(self, episode: Episode, support_features: list[Tensor], query_features: list[Tensor]) -> Prediction:
+        """Prediction at the query images' size: log-probabilities upsampled bilinearly with
+        align_corners=True (as HSNet and iFSL upsample logits); resizing further (original-size
+        scoring) interpolates in the same space. Presence is iFSL's per-way head (computed at the
+        learner's output size), not recomputed from the maps."""
+        logits = self.shot_logits(episode, [tap.float() for tap in support_features], [tap.float() for tap in query_features])
+        fields = self.way_maps(logits.float()).prediction_fields(tuple(episode.query_images.shape[-2:]))
+        return Prediction(**fields)
 
     # --- input sizes -----------------------------------------------------------------------------
     def takes_side(self, side: int) -> bool:
@@ -161,8 +165,8 @@ class CorrelationMethod(Method):
         sides = self.backbone.tap_sizes(side)
         return min(sides) >= 1 and self.learner.accepts_support_sides(sides)
 
-    def valid_input_size(self, height: int, width: int) -> tuple[int, int]:
-        """The smallest (height, width) >= the given one that the learner takes (padding target).
+    def valid_size(self, height: int, width: int) -> tuple[int, int]:
+        """The smallest (height, width) >= the given one that the learner takes (the engine pads to it).
 
         HSNet adds squeezed blocks whose support sides must agree, which fails at a few sizes with
         VGG-16 (e.g. 528 px: 2 against 3); ASNet takes any size (see asnet_learner.py).
@@ -176,51 +180,53 @@ class CorrelationMethod(Method):
         return new_height, new_width
 
     # --- training --------------------------------------------------------------------------------
-    def training_losses(self, episode: Episode) -> dict[str, Tensor]:
-        """{"segmentation", "total"} of one training episode; every shot is trained as a 1-shot
-        episode (the papers train 1-shot) and the losses are averaged. Query pixels marked ignore
-        (255, object boundaries) count as background, as HSNet's and iFSL's loaders make them."""
-        logits, size = self.padded_shot_logits(episode)
+    def training_stages(self, context: TrainingContext) -> list[TrainingStage]:
+        """One episodic stage as both papers train: Adam (lr 1e-3), ``batch_size`` episodes per
+        update, constant lr, the learner only (the backbone frozen in eval mode unless
+        train_backbone)."""
+        frozen = not self.config.train_backbone
+
+        def enter() -> None:
+            self.backbone.requires_grad_(not frozen)
+
+        def groups() -> list[ParameterGroup]:
+            trained = [("learner", self.learner)] + ([] if frozen else [("backbone", self.backbone)])
+            return [ParameterGroup(name, list(module.parameters())) for name, module in trained]
+
+        return [
+            TrainingStage(
+                name="train", steps=context.steps, data="episodes", batch_size=self.config.batch_size,
+                optimiser=Optimiser("adam", lr=self.config.lr), parameter_groups=groups, loss=self.episode_loss,
+                enter=enter, eval_modules=("backbone",) if frozen else (),
+            )
+        ]
+
+    def episode_loss(self, episode: Episode, context: StepContext) -> dict[str, Tensor]:
+        """The loss of one training episode. Every shot is trained as a 1-shot episode (the papers
+        train 1-shot) and the shots' losses averaged.
+
+        Pixel labels: cross-entropy ("hsnet") or NLL over [merged background, ways] ("ifsl"); query
+        pixels labelled 255 are ignored (the sampler's --boundary rule decides whether a dataset's
+        boundary band is 255 or background; the engine's padding is 255). Class tags (--weak):
+        fsbench.losses.class_tag_loss on each shot's per-way log-softmax maps, and the supports'
+        masks are not used (iFSL passes no support mask)."""
+        if context.weak:
+            logits = self.shot_logits(episode, use_masks=False)
+            log_probs = logits.log_softmax(dim=3)
+            loss = torch.stack([class_tag_loss(shot_log_probs, episode.query_presence) for shot_log_probs in log_probs]).mean()
+            return {"loss": loss}
+        logits = self.shot_logits(episode)
+        size = tuple(episode.query_images.shape[-2:])
         shots, queries, ways = logits.shape[:3]
-        target = episode.query_masks.masked_fill(episode.query_masks == IGNORE_INDEX, 0)
+        target = episode.query_masks
         if self.config.loss == "hsnet":
             full = upsample(logits.flatten(0, 2), size).unflatten(0, (shots, queries, ways))  # [K, Q, N, 2, H, W]
             per_way = (target.unsqueeze(1) == torch.arange(1, ways + 1, device=target.device).view(1, -1, 1, 1)).long()
+            per_way = per_way.masked_fill(target.unsqueeze(1) == IGNORE_INDEX, IGNORE_INDEX)  # [Q, N, H, W]
             per_way = per_way.unsqueeze(0).expand(shots, -1, -1, -1, -1)
-            loss = F.cross_entropy(full.flatten(0, 2), per_way.flatten(0, 2))
+            loss = F.cross_entropy(full.flatten(0, 2), per_way.flatten(0, 2), ignore_index=IGNORE_INDEX)
         else:
             merged = WayMaps(logits.log_softmax(dim=3), "average").shot_scores(size)  # [K, Q, 1+N, H, W]
-            loss = F.nll_loss(merged.flatten(0, 1), target.unsqueeze(0).expand(shots, -1, -1, -1).flatten(0, 1))
-        return {"segmentation": loss, "total": loss}
-
-    def fit(self, benchmark, settings: TrainSettings) -> None:
-        self.optimizer = torch.optim.Adam(self.trainable_parameters(), lr=self.config.lr)
-        self.accumulated = 0
-        train_episodic(self, benchmark, settings)
-        if self.accumulated:  # a last partial batch still updates the model
-            self._optimizer_step()
-
-    def train_step(self, episode: Episode) -> dict[str, float]:
-        """One episode of a batch of ``batch_size`` episodes (gradients accumulate, Adam steps per batch)."""
-        if self.optimizer is None:
-            self.optimizer = torch.optim.Adam(self.trainable_parameters(), lr=self.config.lr)
-        loss = self.training_losses(episode)["total"]
-        (loss / max(self.config.batch_size, 1)).backward()
-        self.accumulated += 1
-        if self.accumulated >= self.config.batch_size:
-            self._optimizer_step()
-        return {"loss": loss.item()}
-
-    def _optimizer_step(self) -> None:
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.accumulated = 0
-
-    # --- released checkpoints --------------------------------------------------------------------
-    @classmethod
-    def from_foreign_checkpoint(cls, foreign):
-        """fsbench.checkpoint_import's hook: a ForeignState if ``foreign`` (a ForeignFile) is an
-        HSNet or iFSL checkpoint of this method, else None."""
-        from methods.correlation.released_checkpoints import foreign_state_for
-
-        return foreign_state_for(cls, foreign)
+            expanded = target.unsqueeze(0).expand(shots, -1, -1, -1).flatten(0, 1)
+            loss = F.nll_loss(merged.flatten(0, 1), expanded, ignore_index=IGNORE_INDEX)
+        return {"loss": loss}

@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fsbench.episode import Prediction
 
 SHOT_AGGREGATIONS = ("vote", "average")
 PRESENCE_THRESHOLD = 0.5
@@ -96,8 +95,7 @@ class WayMaps:
         return counts / largest
 
     def prediction_fields(self, size: tuple[int, int] | None = None) -> dict:
-        """What an fsbench Prediction needs, at ``size`` (None: at the maps' own size, for a caller
-        that upsamples in log-probability space with align_corners=True).
+        """The fields of an fsbench Prediction, at ``size`` (None: at the maps' own size).
 
         Returns {"fg_probs": [Q, N, H, W], "bg_probs": [Q, H, W], "presence": [Q, N],
         "upsampling": ..., "align_corners": True}. The label of a pixel is the argmax over
@@ -124,16 +122,3 @@ class WayMaps:
         probabilities = (total / self.shots).double().softmax(dim=1)  # [Q, 1+N, H, W]
         return {"fg_probs": probabilities[:, 1:], "bg_probs": probabilities[:, 0], "presence": self.presence(),
                 "upsampling": "log_probabilities", "align_corners": True}
-
-    def fields_to_upsample(self, query_size: tuple[int, int]) -> dict:
-        """prediction_fields at the maps' own size where a caller's log-space, align_corners upsampling
-        then gives exactly the authors' labels at any scoring size (one shot, or the average rule);
-        at ``query_size`` for the vote over shots, which is taken at the scoring size."""
-        deferred = self.shots == 1 or self.aggregation == "average"
-        return self.prediction_fields(None if deferred else query_size)
-
-    def prediction(self, size: tuple[int, int]) -> Prediction:
-        """fsbench's Prediction at ``size`` (fg_probs and presence)."""
-        fields = self.prediction_fields(size)
-        return Prediction(fg_probs=fields["fg_probs"], presence=fields["presence"])
-
