@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"),
                      help="mixed precision of training and evaluation forward passes (auto: bf16 for the quick profile on a device with native bf16, else off; fp16 needs CUDA)")
     run.add_argument("--feature-cache-mb", type=float, default=1024, metavar="MB", help="evaluation: per-image encoding cache, so an image is encoded once (default 1024; 0: off)")
-    run.add_argument("--image-cache-mb", type=float, default=256, metavar="MB", help="decoded-image cache per loader process (default 256; 0: off)")
+    run.add_argument("--image-cache-mb", type=float, default=1024, metavar="MB", help="decoded-image cache per loader process (default 1024, about 500 images at 400 px; 0: off)")
 
     # --- reporting (issue 5): renders, paper tables ---
     report = parser.add_argument_group("reporting")
