@@ -87,9 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-bad", action="store_true", help="skip image/mask pairs found broken (while indexing, training or evaluating); the count is reported")
     run.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     run.add_argument("--eval-bsz", type=int, default=1, metavar="B", help="episodes evaluated together, their images encoded in one forward pass (default 1)")
-    run.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="mixed precision of training and evaluation forward passes (default off; fp16 needs CUDA)")
+    run.add_argument("--amp", default="auto", choices=("auto", "off", "bf16", "fp16"),
+                     help="mixed precision of training and evaluation forward passes (auto: bf16 for the quick profile on a device with native bf16, else off; fp16 needs CUDA)")
     run.add_argument("--feature-cache-mb", type=float, default=1024, metavar="MB", help="evaluation: per-image encoding cache, so an image is encoded once (default 1024; 0: off)")
-    run.add_argument("--image-cache-mb", type=float, default=256, metavar="MB", help="decoded-image cache per loader process (default 256; 0: off)")
+    run.add_argument("--image-cache-mb", type=float, default=1024, metavar="MB", help="decoded-image cache per loader process (default 1024, about 500 images at 400 px; 0: off)")
 
     # --- reporting (issue 5): renders, paper tables ---
     report = parser.add_argument_group("reporting")

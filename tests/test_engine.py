@@ -207,3 +207,16 @@ def test_the_core_imports_nothing_from_methods_or_benchmarks():
             names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             offenders += [f"{relative}: {name}" for name in names if name.split(".")[0] in ("methods", "benchmarks")]
     assert not offenders
+
+
+def test_amp_auto_is_bf16_only_for_the_quick_profile_on_native_bf16(monkeypatch):
+    from fsbench.engine import batched
+
+    cpu = torch.device("cpu")
+    assert batched.resolve_amp("off", cpu, quick=True) == "off"
+    assert batched.resolve_amp("bf16", cpu, quick=False) == "bf16"
+    monkeypatch.setattr(batched, "native_bf16", lambda device: True)
+    assert batched.resolve_amp("auto", cpu, quick=True) == "bf16"
+    assert batched.resolve_amp("auto", cpu, quick=False) == "off"  # protocol runs stay float32
+    monkeypatch.setattr(batched, "native_bf16", lambda device: False)
+    assert batched.resolve_amp("auto", cpu, quick=True) == "off"  # emulated bf16 would be slower

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
@@ -23,6 +25,28 @@ AMP_MODES = ("off", "bf16", "fp16")
 # The encoding cache switches itself off when it could hold fewer images than this: an LRU that
 # small mostly evicts before the image recurs (e.g. 512-d full-resolution embeddings at 400x400).
 MIN_CACHED_IMAGES = 32
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively (CUDA with bf16 support; a CPU with AVX512-BF16
+    or AMX-BF16), where --amp bf16 is faster, not an emulation slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_amp(mode: str, device: torch.device, quick: bool) -> str:
+    """``--amp auto`` (the default): bf16 for a quick profile (the demo) on a device with native
+    bf16, float32 everywhere else, so published-protocol numbers stay float32 unless asked for."""
+    if mode != "auto":
+        return mode
+    return "bf16" if quick and native_bf16(device) else "off"
 
 
 def autocast(device: torch.device, mode: str):
