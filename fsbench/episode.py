@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -132,6 +133,10 @@ class Prediction:
         align_corners: the bilinear interpolation's align_corners, as the method's authors use it.
         presence_from_maps: presence is each way's largest foreground probability over the maps, so
             cropping away padding recomputes it over the real pixels only.
+        at_size: optional, size -> Prediction at that size computed from the method's own
+            (coarser) maps, for methods whose authors upsample once from their output resolution
+            straight to the scoring size (HSNet / iFSL at the original image size): resized() then
+            calls it instead of interpolating these maps a second time. Dropped by a real crop.
     """
 
     fg_probs: Tensor
@@ -140,6 +145,7 @@ class Prediction:
     upsampling: str = "probabilities"
     align_corners: bool = False
     presence_from_maps: bool = False
+    at_size: Callable[[tuple[int, int]], "Prediction"] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_probabilities(cls, fg_probs: Tensor, bg_probs: Tensor | None = None, **options) -> "Prediction":
@@ -173,6 +179,8 @@ class Prediction:
         method's upsampling space; presence is unchanged."""
         if tuple(self.fg_probs.shape[-2:]) == tuple(size):
             return self
+        if self.at_size is not None:
+            return self.at_size(tuple(size))
         maps = self.fg_probs.float()
         if self.bg_probs is not None:
             maps = torch.cat([self.bg_probs.float().unsqueeze(1), maps], dim=1)
@@ -192,15 +200,19 @@ class Prediction:
         background = self.bg_probs[..., :height, :width] if self.bg_probs is not None else None
         foreground = self.fg_probs[..., :height, :width]
         presence = foreground.flatten(2).amax(dim=2) if self.presence_from_maps else self.presence
-        return replace(self, fg_probs=foreground, bg_probs=background, presence=presence)
+        # The method's own maps covered the padding too: resizing from them would misplace the image.
+        return replace(self, fg_probs=foreground, bg_probs=background, presence=presence, at_size=None)
 
     def query(self, index: int) -> "Prediction":
         """The prediction of one query (leading dimension kept, of size 1)."""
         background = self.bg_probs[index : index + 1] if self.bg_probs is not None else None
+        at_size = None if self.at_size is None else (lambda size, whole=self.at_size: whole(size).query(index))
         return replace(
-            self, fg_probs=self.fg_probs[index : index + 1], presence=self.presence[index : index + 1], bg_probs=background
+            self, fg_probs=self.fg_probs[index : index + 1], presence=self.presence[index : index + 1], bg_probs=background,
+            at_size=at_size,
         )
 
     def to(self, device: torch.device | str) -> "Prediction":
         background = self.bg_probs.to(device) if self.bg_probs is not None else None
-        return replace(self, fg_probs=self.fg_probs.to(device), presence=self.presence.to(device), bg_probs=background)
+        at_size = None if self.at_size is None else (lambda size, whole=self.at_size: whole(size).to(device))
+        return replace(self, fg_probs=self.fg_probs.to(device), presence=self.presence.to(device), bg_probs=background, at_size=at_size)

@@ -113,6 +113,13 @@ def test_one_shot_prediction_is_the_upsampled_merged_log_softmax(name):
     assert torch.allclose(prediction.bg_probs.float(), upsampled.softmax(dim=1)[:, 0], atol=1e-6)
     assert prediction.upsampling == "log_probabilities" and prediction.align_corners
     assert torch.equal(prediction.presence, log_probs[:, :, 1].flatten(2).amax(dim=2).exp())
+    # Original-size scoring: one interpolation from the learner's maps straight to the original
+    # size (iFSL's upsample_logit_mask with org_query_imsize), never 48 px first, then original.
+    original = F.interpolate(merged, (37, 61), mode="bilinear", align_corners=True)
+    assert torch.equal(prediction.query(0).to("cpu").resized((37, 61)).labels(), original.argmax(dim=1))
+    twice = F.interpolate(upsampled, (37, 61), mode="bilinear", align_corners=True)
+    assert not torch.allclose(prediction.resized((37, 61)).bg_probs.float(), twice.softmax(dim=1)[:, 0], atol=1e-4)
+    assert torch.allclose(prediction.resized((37, 61)).bg_probs.float(), original.softmax(dim=1)[:, 0], atol=1e-6)
 
 
 def test_batched_encoding_gives_the_same_prediction_as_one_by_one(tiny_shapes):

@@ -10,7 +10,7 @@ image, cached by the evaluator) and ``predict_encoded`` (masking, correlations, 
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -156,8 +156,14 @@ class CorrelationMethod(Method):
         scoring) interpolates in the same space. Presence is iFSL's per-way head (computed at the
         learner's output size), not recomputed from the maps."""
         logits = self.shot_logits(episode, [tap.float() for tap in support_features], [tap.float() for tap in query_features])
-        fields = self.way_maps(logits.float()).prediction_fields(tuple(episode.query_images.shape[-2:]))
-        return Prediction(**fields)
+        maps = self.way_maps(logits.float())
+
+        def at_size(size: tuple[int, int]) -> Prediction:
+            # Straight from the learner's maps to any scoring size (the original image's too), one
+            # interpolation as HSNet and iFSL do, not a second one from the input size.
+            return Prediction(**maps.prediction_fields(size))
+
+        return replace(at_size(tuple(episode.query_images.shape[-2:])), at_size=at_size)
 
     # --- input sizes -----------------------------------------------------------------------------
     def takes_side(self, side: int) -> bool:
