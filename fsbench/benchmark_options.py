@@ -23,3 +23,7 @@ class BenchmarkOptions:
     layout: str = "auto"
     folds: int | None = None
     fold_classes: list[list[int]] | None = None
+    # cityscapes: the vocabulary configuration ("000".."008": which thing classes are out of the
+    # vocabulary) and what those classes become in training labels ("void" = 255, or "background" = 0).
+    vocab_config: str = "008"
+    out_as: str = "void"
