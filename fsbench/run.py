@@ -41,7 +41,8 @@ def method_config(method_class, benchmark, args, checkpoint_metadata: dict | Non
     """The method's config: its defaults (quick profile on quick benchmarks), a checkpoint's
     settings when one is loaded, then the flags the user set."""
     config = method_class.Config.quick() if benchmark.quick else method_class.Config()
-    overrides = {"backbone": args.backbone, "pretrained": args.pretrained, "lr": args.lr, "batch_size": args.bsz, "loss": args.loss}
+    overrides = {"backbone": args.backbone, "pretrained": args.pretrained, "lr": args.lr, "batch_size": args.bsz, "loss": args.loss,
+                 "members": getattr(args, "members", None)}
     if checkpoint_metadata is not None:
         saved = checkpoint_metadata.get("config", {})
         for key in ("backbone", "embedding_dim"):
@@ -73,6 +74,12 @@ def execute(args, resume: bool = False) -> dict:
     With ``resume``, ``args.logpath`` is an unfinished run folder whose settings ``args`` repeats:
     training continues from its last checkpoint, then evaluation runs.
     """
+    if args.task == "gfss":  # generalized FSS: its own queries, supports and scores
+        from fsbench.gfss.run import execute_gfss
+
+        return execute_gfss(args, resume)
+    if getattr(args, "train_classes", None) == "all":
+        raise FsbenchError("--train-classes all (training on the test classes: the upper bound) applies to --task gfss only")
     _check_running_flags(args)
     method_class = METHODS.get(args.method)
     benchmark_class = BENCHMARKS.get(args.benchmark)
@@ -85,6 +92,8 @@ def execute(args, resume: bool = False) -> dict:
     options = BenchmarkOptions(
         protocol=protocol.name, split_dir=args.split_dir, class_split=args.class_split, skip_bad=args.skip_bad,
         layout=args.layout, folds=args.folds, fold_classes=args.fold_classes,
+        vocab_config=getattr(args, "vocab_config", None) or BenchmarkOptions.vocab_config,
+        out_as=getattr(args, "out_as", None) or BenchmarkOptions.out_as,
     )
     benchmark = benchmark_class(args.datapath, args.fold, options)
     inherited = records_of(checkpoint_metadata)
@@ -109,6 +118,8 @@ def execute(args, resume: bool = False) -> dict:
     if args.load is not None:
         state, _ = load_checkpoint(args.load, device)
         method.load_state_dict(state)
+    for source, records in getattr(method, "checkpoint_records", lambda: [])():  # members loaded from files
+        check_test_classes_unseen(records, benchmark, source)
     started_from = {"path": str(args.load), "sha256": file_sha256(args.load)} if args.load is not None else None
 
     if resume:

@@ -2,3 +2,5 @@
 from methods import dml_knn  # noqa: F401  (registers "dml_knn")
 from methods import panet  # noqa: F401  (registers "panet")
 from methods import mtl_unet  # noqa: F401  (registers "mtl_unet")
+from methods import supervised  # noqa: F401  (registers "supervised")
+from methods import combine  # noqa: F401  (registers "combine"; after the methods it combines)
