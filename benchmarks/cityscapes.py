@@ -126,6 +126,11 @@ class Cityscapes(Benchmark):
         return [class_id for class_id in EVALUATED_CLASSES if class_id not in self._novel]
 
     def pairs(self, split: str) -> Pairs:
+        if split == "test" and not self._novel:
+            raise FsbenchError("cityscapes --vocab-config 000 removes no class, so FS-S episodes have no novel class to test; use 001..008, or --task gfss")
+        return self._pairs_of(split)
+
+    def _pairs_of(self, split: str) -> Pairs:
         allowed = set(self.classes(split))
         return [(image_id, class_id) for image_id, class_id in self._labelled[IMAGE_SPLIT[split]] if class_id in allowed]
 
@@ -155,7 +160,7 @@ class Cityscapes(Benchmark):
             "out_as": self.options.out_as,
             "images": self.image_counts,
             "full_dataset": self.image_counts == FULL_DATASET_IMAGES,
-            "list_fingerprint": pairs_fingerprint({split: self.pairs(split) for split in ("train", "test")}),
+            "list_fingerprint": pairs_fingerprint({split: self._pairs_of(split) for split in ("train", "test")}),
             "skipped_bad_files": self.skipped,
         }
 

@@ -2,6 +2,8 @@
 the real layout read back against the generator's own label maps."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -50,7 +52,7 @@ def test_configurations_remove_exactly_the_listed_classes():
 @pytest.fixture(scope="module")
 def fake_tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("cityscapes")
-    return root, make_cityscapes(root, train=8, val=4, height=256, width=512)
+    return root, make_cityscapes(root, train=8, val=12, height=256, width=512)
 
 
 def _expected_pairs(labels: dict[str, np.ndarray], allowed: set[int]) -> list[tuple[str, int]]:
@@ -70,9 +72,13 @@ def test_the_tree_is_read_as_generated(fake_tree, configuration):
     assert benchmark.classes("test") == sorted(out)
     assert set(benchmark.classes("train")) == set(EVALUATED_CLASSES) - out
     assert benchmark.pairs("train") == _expected_pairs(labels["train"], set(EVALUATED_CLASSES) - out)
-    assert benchmark.pairs("test") == _expected_pairs(labels["val"], out)
+    if out:
+        assert benchmark.pairs("test") == _expected_pairs(labels["val"], out)
+    else:
+        with pytest.raises(FsbenchError, match="no novel class to test"):
+            benchmark.pairs("test")
     assert benchmark.labelled_pairs("train") == _expected_pairs(labels["train"], set(EVALUATED_CLASSES))
-    assert benchmark.describe()["images"] == {"train": 8, "val": 4} and benchmark.describe()["vocab_config"] == configuration
+    assert benchmark.describe()["images"] == {"train": 8, "val": 12} and benchmark.describe()["vocab_config"] == configuration
 
 
 @pytest.mark.parametrize("out_as,value", [("void", 255), ("background", 0)])
@@ -99,3 +105,16 @@ def test_a_missing_label_file_is_one_line_naming_it(tmp_path):
     with pytest.raises(FsbenchError, match="label file is missing") as error:
         Cityscapes(tmp_path, 0, BenchmarkOptions())
     assert str(victim) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_ordinary_fss_episodes_test_the_out_of_vocabulary_classes(fake_tree, tmp_path, capsys):
+    from fsbench.cli import main
+
+    root, _ = fake_tree
+    arguments = ["--benchmark", "cityscapes", "--datapath", str(root), "--vocab-config", "008", "--method", "supervised",
+                 "--backbone", "resnet18", "--pretrained", "false", "--train-steps", "1", "--episodes", "3", "--img-size", "32",
+                 "--bsz", "2", "--nworker", "0", "--no-progress", "--val-every", "0", "--logpath", str(tmp_path / "fss")]
+    assert main(arguments) == 0, capsys.readouterr().err
+    results = json.loads((tmp_path / "fss" / "results.json").read_text())
+    assert set(results["class_iou"]) == {EVALUATED_CLASSES[class_id] for class_id in REMOVED["008"]}
+    assert results["benchmark_info"]["vocab_config"] == "008" and results["trained_on"][0]["class_ids"] == sorted(set(EVALUATED_CLASSES) - REMOVED["008"])

@@ -209,6 +209,8 @@ def test_a_combination_run_on_cityscapes_writes_every_approach_and_a_table(citys
     assert main(["--table", str(run_dir), "--format", "csv"]) == 0
     csv_text = capsys.readouterr().out
     assert "config 004" in csv_text and csv_text.count("\n") == 1 + 7 * 4
+    assert main(["--table", str(run_dir), "--format", "latex"]) == 0
+    assert "\\multicolumn{4}{c}{config 004}" in capsys.readouterr().out
 
 
 def test_configuration_000_has_no_out_classes(cityscapes_path, tmp_path, capsys):

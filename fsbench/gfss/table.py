@@ -23,6 +23,7 @@ from fsbench.gfss.scores import SCORES, class_ious, interval, subset_means
 from fsbench.run_records import PER_FOLD_INFO
 from fsbench.table_formats import latex_escape
 from fsbench.table_model import TableOptions
+from fsbench.tables import run_bootstrap_seed
 
 SCORE_LABELS = {"all": "all", "in": "in", "out": "out", "hmean": "hm"}
 SCORE_FIELDS = {"all": "miou_all", "in": "miou_in", "out": "miou_out", "hmean": "hmean"}
@@ -100,8 +101,6 @@ def collect(folders: list[Path], options: TableOptions) -> list[tuple[dict, dict
         weights = None
         if counts:
             first = next(iter(counts.values()))
-            from fsbench.tables import run_bootstrap_seed
-
             weights = resample_weights(episode_strata(first.present), options.resamples, run_bootstrap_seed(options.seed, results["episode_fingerprint"]))
         approaches = {}
         for key, approach in results["approaches"].items():
