@@ -15,7 +15,7 @@ whole budget each, or fsbench checkpoints (.safetensors), used as trained (froze
 fine-tuning is on. Joint fine-tuning (``--set joint_steps=N``) adds an episode stage after them: the
 loss is each member's cross-entropy on the query under its own [background, ways] probabilities plus
 ``joint_weight`` x the cross-entropy of the combined, normalised output (members need
-``episode_logits``: supervised and panet have it).
+``episode_logits``: supervised and panet have it); batch-norm layers keep their statistics.
 """
 from __future__ import annotations
 
@@ -183,6 +183,9 @@ class Combine(Method):
                 ],
                 loss=self.joint_loss,
                 enter=enter,
+                # Batch-norm statistics stay those of the members' own training: one query per step
+                # is too few to estimate them.
+                eval_modules=tuple(self.modules()),
             ))
         return stages
 
