@@ -96,14 +96,17 @@ def write_queries_csv(path: Path, query_ids: list[str], counts: dict[str, GFSSCo
     ``<k>|intersection_<class>`` and ``<k>|union_<class>`` (k "" for a plain method)."""
     rows: list[dict] = [{"query": index, "query_id": query_id} for index, query_id in enumerate(query_ids)]
     columns = ["query", "query_id"]
-    for position, (key, counter) in enumerate(counts.items()):
-        intersection, union, present = counter.arrays()
-        for column, class_id in enumerate(counter.classes):
-            if position == 0:
-                columns.append(f"present_{class_id}")
-                for row, value in zip(rows, present[:, column]):
-                    row[f"present_{class_id}"] = int(value)
-            for kind, values in (("intersection", intersection), ("union", union)):
+    tables = {key: counter.arrays() for key, counter in counts.items()}
+    classes = next(iter(counts.values())).classes if counts else ()
+    if tables:
+        present = next(iter(tables.values()))[2]
+        for column, class_id in enumerate(classes):
+            columns.append(f"present_{class_id}")
+            for row, value in zip(rows, present[:, column]):
+                row[f"present_{class_id}"] = int(value)
+    for key, (intersection, union, _) in tables.items():
+        for kind, values in (("intersection", intersection), ("union", union)):
+            for column, class_id in enumerate(classes):
                 name = f"{key}|{kind}_{class_id}"
                 columns.append(name)
                 for row, value in zip(rows, values[:, column]):
