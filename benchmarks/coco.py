@@ -21,8 +21,8 @@ from torch import Tensor
 from benchmarks import coco_index
 from benchmarks.base import Benchmark, BenchmarkOptions
 from benchmarks.cache import cache_folder
-from benchmarks.coco_annotations import paint
 from benchmarks.coco_lists import list_files, read_coco_list
+from fsbench.coco_annotations import paint
 from benchmarks.files import check_same_size, inside_root, require_tree
 from benchmarks.split_lists import MIN_OBJECT_PIXELS, Pairs, find_split_folder, pairs_fingerprint, pairs_from_pixel_counts
 from fsbench.errors import FsbenchError

@@ -23,6 +23,8 @@ class BenchmarkOptions:
     layout: str = "auto"
     folds: int | None = None
     fold_classes: list[list[int]] | None = None
+    # coco_json: train on every category (no held-out fold), for deployment.
+    all_classes: bool = False
     # cityscapes: the vocabulary configuration ("000".."008": which thing classes are out of the
     # vocabulary) and what those classes become in training labels ("void" = 255, or "background" = 0).
     vocab_config: str = "008"

@@ -34,18 +34,33 @@ def save_checkpoint(path: Path, state: dict[str, Tensor], metadata: dict, format
     os.replace(temporary, path)  # a crash mid-write never leaves a truncated checkpoint behind
 
 
+def is_torch_pickle(path: Path) -> bool:
+    """True for torch.save files (a zip archive, or a legacy pickle), False for safetensors files.
+
+    A safetensors file starts with its JSON header's length (8 bytes, little-endian) and then "{";
+    its first byte may well be 0x80 or "P", so the pickle signatures alone would misread it.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if len(head) == 9 and head[8:9] == b"{":
+        (header_size,) = struct.unpack("<Q", head[:8])
+        if header_size <= Path(path).stat().st_size - 8:
+            return False
+    return head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"
+
+
 def read_metadata(path: Path, format: str = FORMAT) -> dict:
     """The fsbench metadata of a checkpoint; FsbenchError if it is not one (pickles are refused)."""
     path = Path(path)
     if not path.is_file():
         raise FsbenchError(f"checkpoint not found: {path}")
+    if is_torch_pickle(path):
+        raise FsbenchError(
+            f"{path} is a pickled torch checkpoint; fsbench never unpickles downloaded files "
+            "(they can run code) - convert it to safetensors first"
+        )
     with open(path, "rb") as handle:
         head = handle.read(8)
-        if head[:2] == b"PK" or head[:1] == b"\x80":
-            raise FsbenchError(
-                f"{path} is a pickled torch checkpoint; fsbench never unpickles downloaded files "
-                "(they can run code) - convert it to safetensors first"
-            )
         if len(head) < 8:
             raise FsbenchError(f"{path} is not an fsbench checkpoint (file too short)")
         (header_size,) = struct.unpack("<Q", head)

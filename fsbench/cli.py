@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--layout", default="auto", help="coco_json layout: auto, separate_json, unified or separate")
     what.add_argument("--folds", type=int, help="coco_json: number of folds over the categories (default 4)")
     what.add_argument("--fold-classes", type=_fold_classes, help='coco_json: novel class ids per fold, e.g. "1,2;3,4"')
+    what.add_argument("--all-classes", action="store_true", help="coco_json: train on every category (no held-out fold), e.g. to fine-tune for deployment")
     what.add_argument("--replay", choices=("hsnet", "ifsl"), help="test on exactly the episodes of HSNet's or iFSL's test loader (needs their split lists)")
     what.add_argument("--boundary", choices=("ignore", "background"), help="query-mask ignore pixels (255): ignore (default for fss) or background (default for fscs, as iFSL's code)")
     what.add_argument("--vocab-config", metavar="NNN", help="cityscapes: out-of-vocabulary configuration 000..008 (default 008: all eight thing classes)")
@@ -79,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--train-steps", type=int, help="training steps (0 = evaluate the initialised model)")
     model.add_argument("--img-size", type=int, help="square input size (default: the benchmark's)")
     model.add_argument("--members", type=_members, metavar="A,B", help="combine: two members, each a registered method or a checkpoint (.safetensors)")
+    model.add_argument("--weak", action="store_true", help="train from class tags only (iFSL's weak labels): presence, never a mask; lr / 10 unless --lr")
+    model.add_argument("--select-by", choices=("last", "miou", "er"), help="keep the weights of the best validation score (default: last; er with --weak, as iFSL)")
     model.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other method setting, e.g. --set k=32 --set embedding_dim=128 (repeatable)")
 
     run = parser.add_argument_group("running")
@@ -94,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--val-episodes", type=int, default=50, metavar="N", help="validation episodes (default 50)")
     run.add_argument("--skip-bad", action="store_true", help="skip image/mask pairs found broken (while indexing, training or evaluating); the count is reported")
     run.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
+    run.add_argument("--eval-bsz", type=int, default=1, metavar="B", help="episodes evaluated together, their images encoded in one forward pass (default 1)")
+    run.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"), help="mixed precision of training and evaluation forward passes (default off; fp16 needs CUDA)")
+    run.add_argument("--feature-cache-mb", type=float, default=1024, metavar="MB", help="evaluation: per-image encoding cache, so an image is encoded once (default 1024; 0: off)")
+    run.add_argument("--image-cache-mb", type=float, default=256, metavar="MB", help="decoded-image cache per loader process (default 256; 0: off)")
 
     # --- reporting (issue 5): renders, paper tables ---
     report = parser.add_argument_group("reporting")
@@ -128,11 +135,11 @@ def _running_flags(argv: list[str]) -> list[str]:
     while position < len(argv):
         flag = argv[position]
         name = flag.split("=", 1)[0]
-        if name in ("--device", "--nworker") and "=" not in flag and position + 1 < len(argv):
+        if name in ("--device", "--nworker", "--eval-bsz") and "=" not in flag and position + 1 < len(argv):
             kept += argv[position : position + 2]
             position += 2
             continue
-        if name in ("--device", "--nworker", "--no-progress", "--debug"):
+        if name in ("--device", "--nworker", "--eval-bsz", "--no-progress", "--debug"):
             kept.append(flag)
         position += 1
     return kept
@@ -140,6 +147,11 @@ def _running_flags(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("predict", "export"):  # subcommands with their own parsers
+        import methods  # noqa: F401  (registers the methods and their checkpoint readers)
+        from fsbench.workflows_cli import main as workflows_main
+
+        return workflows_main(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:

@@ -63,6 +63,30 @@ class Episode:
                 moved[item.name] = [tensor.to(device, non_blocking=True) for tensor in value]
         return replace(self, **moved)
 
+    def pin_memory(self) -> "Episode":
+        """A copy in page-locked memory; the DataLoader's pinning thread calls this for custom types,
+        so that later ``to(cuda, non_blocking=True)`` copies overlap with compute."""
+        pinned = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, Tensor):
+                pinned[item.name] = value.pin_memory()
+            elif isinstance(value, list) and value and isinstance(value[0], Tensor):
+                pinned[item.name] = [tensor.pin_memory() for tensor in value]
+        return replace(self, **pinned)
+
+    def with_class_tags_only(self) -> "Episode":
+        """The episode as weak (class-tag) supervision sees it: support masks carry no pixel labels
+        (all foreground: each support image is known only to contain its way's class, as iFSL's weak
+        setting uses unmasked support features) and the query's masks are hidden (ignore); the
+        query's class presence stays, which is the only training signal."""
+        return replace(
+            self,
+            support_masks=torch.ones_like(self.support_masks),
+            query_masks=torch.full_like(self.query_masks, IGNORE_INDEX),
+            query_original_masks=None,
+        )
+
     def without_query_labels(self) -> "Episode":
         """A copy in which query masks and presence are replaced by ignore / False.
 
@@ -77,10 +101,11 @@ class Episode:
 
 
 def collate_episodes(episodes: list[Episode]) -> list[Episode]:
-    """DataLoader collate for episodes: a batch is a plain list.
+    """DataLoader collate for episodes: a batch is a plain list (the pinning thread pins each item
+    through Episode.pin_memory).
 
     Episodes of one batch may differ in way, shot and (original-size) resolution, so they are not
-    stacked; methods predict one episode at a time and the batch only groups the loading.
+    stacked here; the evaluator groups compatible ones into one forward pass.
     """
     return list(episodes)
 
@@ -105,6 +130,8 @@ class Prediction:
         upsampling: the space resized() interpolates in: "probabilities", or "log_probabilities"
             (HSNet / iFSL upsample logits; argmax over interpolated log-softmax equals theirs).
         align_corners: the bilinear interpolation's align_corners, as the method's authors use it.
+        presence_from_maps: presence is each way's largest foreground probability over the maps, so
+            cropping away padding recomputes it over the real pixels only.
     """
 
     fg_probs: Tensor
@@ -112,12 +139,13 @@ class Prediction:
     bg_probs: Tensor | None = None
     upsampling: str = "probabilities"
     align_corners: bool = False
+    presence_from_maps: bool = False
 
     @classmethod
     def from_probabilities(cls, fg_probs: Tensor, bg_probs: Tensor | None = None, **options) -> "Prediction":
         """fg_probs [Q, N, H, W] with presence [Q, N] = each way's largest foreground probability over
         the query (iFSL's max-pooled presence, what methods without a classification head report)."""
-        return cls(fg_probs=fg_probs, presence=fg_probs.flatten(2).amax(dim=2), bg_probs=bg_probs, **options)
+        return cls(fg_probs=fg_probs, presence=fg_probs.flatten(2).amax(dim=2), bg_probs=bg_probs, presence_from_maps=True, **options)
 
     def background(self) -> Tensor:
         """[Q, H, W] background probability (bg_probs, or 1 - sum of the ways' probabilities)."""
@@ -157,11 +185,14 @@ class Prediction:
         return replace(self, fg_probs=foreground, bg_probs=background)
 
     def cropped(self, height: int, width: int) -> "Prediction":
-        """The top-left height x width of the maps (undoes bottom/right padding)."""
+        """The top-left height x width of the maps (undoes bottom/right padding); presence derived
+        from the maps is taken over the kept pixels only."""
         if tuple(self.fg_probs.shape[-2:]) == (height, width):
             return self
         background = self.bg_probs[..., :height, :width] if self.bg_probs is not None else None
-        return replace(self, fg_probs=self.fg_probs[..., :height, :width], bg_probs=background)
+        foreground = self.fg_probs[..., :height, :width]
+        presence = foreground.flatten(2).amax(dim=2) if self.presence_from_maps else self.presence
+        return replace(self, fg_probs=foreground, bg_probs=background, presence=presence)
 
     def query(self, index: int) -> "Prediction":
         """The prediction of one query (leading dimension kept, of size 1)."""

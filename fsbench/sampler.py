@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from fsbench.episode import IGNORE_INDEX, Episode
 from fsbench.errors import FsbenchError
+from fsbench.lru import ByteLRU
 from fsbench.replay import CODEBASES, QUERY_DRAWS, replay_plans
 from fsbench.transforms import SquashResize
 
@@ -78,6 +79,7 @@ class EpisodeSampler(Dataset):
         keep_original: bool = False,
         replay: str | None = None,
         boundary: str | None = None,
+        image_cache_mb: float = 256,
     ):
         if task not in TASKS:
             raise FsbenchError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
@@ -99,6 +101,10 @@ class EpisodeSampler(Dataset):
         self.keep_original = keep_original
         self.replay = replay
         self.boundary = boundary
+        # Decoded and transformed images, reused when an image recurs (a Pascal fold's ~350 images
+        # fill 1000 1-shot episodes); one cache per loader worker, bounded in bytes.
+        self.image_cache_mb = image_cache_mb
+        self._loaded = ByteLRU(int(image_cache_mb * 2**20))
         self.query_draw = query_draw
 
         self.pairs = list(benchmark.pairs(split))
@@ -208,8 +214,7 @@ class EpisodeSampler(Dataset):
             other_ways = [other for other in plan.class_ids if other != class_id]
             images, masks = [], []
             for image_id in ids:
-                image, label = self.benchmark.load(image_id, self.split)
-                image, label = self.transform(image, label)
+                image, label, _ = self._load(image_id, query=False)
                 images.append(image)
                 masks.append(binary_mask(label, class_id, other_ways))
             support_images.append(torch.stack(images))
@@ -217,10 +222,7 @@ class EpisodeSampler(Dataset):
 
         query_images, query_masks, presence, original_sizes, original_masks = [], [], [], [], []
         for image_id in plan.query_ids:
-            image, original_label = self.benchmark.load(image_id, self.split)
-            if self.boundary == "background":
-                # Before the transform, so that padding it adds (PFENet) stays ignored.
-                original_label = original_label.masked_fill(original_label == IGNORE_INDEX, 0)
+            image, label, original_label = self._load(image_id, query=True)
             original_sizes.append(tuple(original_label.shape))
             presence.append(torch.isin(class_tensor, original_label.unique()))
             if self.keep_original:
@@ -228,7 +230,6 @@ class EpisodeSampler(Dataset):
                 scoring_label = getattr(self.transform, "scoring_label", None)
                 target = scoring_label(original_label) if scoring_label is not None else original_label
                 original_masks.append(way_mask(target, class_tensor))
-            image, label = self.transform(image, original_label)
             query_images.append(image)
             query_masks.append(way_mask(label, class_tensor))
 
@@ -245,6 +246,25 @@ class EpisodeSampler(Dataset):
             query_original_sizes=torch.tensor(original_sizes, dtype=torch.int64),
             query_original_masks=original_masks if self.keep_original else None,
         )
+
+
+    def _load(self, image_id: str, query: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(image [3, S, S], label [S, S], original-size label [H, W] or None for a support).
+
+        A query's label has the boundary rule applied (before the transform, so that padding a
+        transform adds, as PFENet's, stays ignored). Results are cached; callers never modify them.
+        """
+        key = (image_id, self.boundary if query else "support")
+        cached = self._loaded.get(key)
+        if cached is not None:
+            return cached
+        image, label = self.benchmark.load(image_id, self.split)
+        if query and self.boundary == "background":
+            label = label.masked_fill(label == IGNORE_INDEX, 0)
+        transformed_image, transformed_label = self.transform(image, label)
+        entry = (transformed_image, transformed_label, label if query else None)
+        self._loaded.put(key, entry)
+        return entry
 
 
 def binary_mask(label: Tensor, class_id: int, ignored_classes: list[int] | tuple[int, ...] = ()) -> Tensor:

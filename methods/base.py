@@ -95,6 +95,15 @@ class Method(ABC):
     # False when training never sees episodes (plain base-class image batches), so way, shot and
     # task do not change the trained weights and one checkpoint serves every setting.
     trains_on_episodes: ClassVar[bool] = True
+    # True when prediction splits into encode(images) -> per-image features [B, ...] (a tensor or a
+    # list of per-level tensors) and predict_encoded(episode, support_features [N*K, ...],
+    # query_features [Q, ...]): the evaluator then encodes the images of several episodes in one
+    # forward pass and never encodes an image twice (fsbench.engine.batched).
+    encodes_images: ClassVar[bool] = False
+    # True when the method can learn from class tags only (--weak): its training_stages(context)
+    # with context.weak gives a loss on the query's class presence (iFSL's classification objective),
+    # and it predicts from supports whose masks carry no pixel labels.
+    supports_weak: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig, device: torch.device | str = "cpu"):
         self.config = config
@@ -112,6 +121,11 @@ class Method(ABC):
         presence (the evaluator hands over a copy with those blanked, and a test checks it).
         Returns fg_probs [Q, N, H, W] at the query images' resolution and presence [Q, N].
         """
+
+    def predict_by_encoding(self, episode: Episode) -> Prediction:
+        """predict() of a method with encodes_images: encode supports and queries, then predict_encoded."""
+        support_features = self.encode(episode.support_images.flatten(0, 1))
+        return self.predict_encoded(episode, support_features, self.encode(episode.query_images))
 
     @abstractmethod
     def training_stages(self, context: TrainingContext) -> list[TrainingStage]:

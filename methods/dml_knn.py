@@ -19,9 +19,14 @@ from torch import Tensor, nn
 from fsbench.backbones import load_imagenet_weights
 from fsbench.engine.plan import Optimiser, ParameterGroup, Schedule, StepContext, TrainingContext, TrainingStage
 from fsbench.episode import IGNORE_INDEX, Episode, Prediction
+from fsbench.errors import FsbenchError
 from fsbench.losses import proxy_anchor_loss
 from fsbench.registry import METHODS
 from methods.base import Method, MethodConfig, round_up
+from methods.dml_original import OriginalEmbeddingNetwork, predict_original
+
+
+KNN_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -51,6 +56,15 @@ class DMLKNNConfig(MethodConfig):
     knn_chunk_size: int = 4096
     # kNN on every knn_stride-th query pixel, probabilities upsampled bilinearly (1 = every pixel).
     knn_stride: int = 1
+    # The similarity matmul's precision: "fp32", or "bf16" / "fp16" (faster where the device has
+    # fast half-precision matmuls; neighbours may change at near-ties, see fsbench.perf knn-options).
+    knn_precision: str = "fp32"
+    # rootvisionai/dml_segmentation's own checkpoints (methods/dml_original.py): "original" =
+    # its network (UNet++ + ReLU-BN-Conv head), its kNN rules, its preprocessing for predict.
+    architecture: str = "fsbench"
+    knn_rules: str = "fsbench"
+    knn_threshold: float = 0.95  # the original rules' cosine floor and foreground share
+    preprocessing: str = "hsnet"  # fsbench.preprocessing profile that predict uses
 
     QUICK = {
         "backbone": "resnet18",
@@ -84,18 +98,28 @@ class ProxyBank(nn.Module):
 class DMLKNN(Method):
     Config = DMLKNNConfig
     trains_on_episodes = False  # supervised pixel batches of the base classes
+    encodes_images = True
 
     def __init__(self, config: DMLKNNConfig, device: torch.device | str = "cpu"):
         super().__init__(config, device)
         import segmentation_models_pytorch as smp
 
-        self.network = smp.UnetPlusPlus(
-            encoder_name=config.backbone,
-            encoder_weights=None,
-            decoder_channels=tuple(config.decoder_channels),
-            classes=config.embedding_dim,
-            activation=None,
-        )
+        if config.knn_precision not in KNN_PRECISIONS:
+            raise FsbenchError(f"unknown knn_precision {config.knn_precision!r} for dml_knn; available: {', '.join(KNN_PRECISIONS)}")
+
+        # The original repo's kNN rules work on the whole episode (methods/dml_original.py), not on
+        # per-image encodings.
+        self.encodes_images = config.knn_rules != "original"
+        if config.architecture == "original":
+            self.network = OriginalEmbeddingNetwork(config.backbone, config.embedding_dim, tuple(config.decoder_channels))
+        else:
+            self.network = smp.UnetPlusPlus(
+                encoder_name=config.backbone,
+                encoder_weights=None,
+                decoder_channels=tuple(config.decoder_channels),
+                classes=config.embedding_dim,
+                activation=None,
+            )
         if config.pretrained:
             load_imagenet_weights(self.network.encoder, config.backbone)
         self.proxies = ProxyBank(config.embedding_dim)
@@ -171,29 +195,42 @@ class DMLKNN(Method):
     # --- inference ----------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, episode: Episode) -> Prediction:
+        if self.config.knn_rules == "original":
+            return predict_original(self, episode)
+        return self.predict_by_encoding(episode)
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """[B, 3, H, W] -> [B, D, H, W] unit pixel embeddings."""
+        return self.embed(images)
+
+    @torch.no_grad()
+    def predict_encoded(self, episode: Episode, support_features: Tensor, query_features: Tensor) -> Prediction:
+        """kNN of every query pixel among the support's reference pixels.
+
+        support_features: [N*K, D, H, W]; query_features: [Q, D, H, W] (from encode).
+        """
         height, width = episode.query_images.shape[-2:]
         # Reference subsets are drawn from a generator seeded by the episode: same episode, same answer.
         generator = torch.Generator().manual_seed(int(episode.index))
-        # One way's shots are embedded at a time and reduced to their reference pixels at once, so
-        # full-resolution support embeddings never pile up (5-shot 400x400 512-d would be 1.6 GB).
+        support_features = support_features.unflatten(0, (episode.way, episode.shot))
         references = [
-            self._reference_set(self.embed(episode.support_images[way]), episode.support_masks[way], generator)
-            for way in range(episode.way)
+            self._reference_set(support_features[way].float(), episode.support_masks[way], generator) for way in range(episode.way)
         ]
         # One kNN over every way's references, labelled 0 = background, n = way n: the ways compete
         # for each query pixel, so an object that looks like one way's support does not also count
         # as present for the others.
         reference_pixels = torch.cat([pixels for pixels, _ in references])
         reference_labels = torch.cat([labels * (way + 1) for way, (_, labels) in enumerate(references)])
-        query = self.embed(episode.query_images)  # [Q, D, H, W]
         stride = self.config.knn_stride
-        query_grid = query[:, :, ::stride, ::stride]
+        query_grid = query_features[:, :, ::stride, ::stride].float()
         grid_size = query_grid.shape[-2:]
-        query_pixels = query_grid.permute(0, 2, 3, 1).reshape(-1, query.shape[1])  # [Q*h*w, D]
+        query_pixels = query_grid.permute(0, 2, 3, 1).reshape(-1, query_grid.shape[1])  # [Q*h*w, D]
+        dtype = KNN_PRECISIONS[self.config.knn_precision]
         shares = knn_label_shares(
-            query_pixels, reference_pixels, reference_labels, episode.way + 1, self.config.k, self.config.knn_chunk_size
-        )
-        fg_probs = shares[:, 1:].reshape(query.shape[0], *grid_size, episode.way).permute(0, 3, 1, 2)
+            query_pixels.to(dtype), reference_pixels.to(dtype), reference_labels, episode.way + 1, self.config.k, self.config.knn_chunk_size
+        ).float()
+        fg_probs = shares[:, 1:].reshape(query_grid.shape[0], *grid_size, episode.way).permute(0, 3, 1, 2)
         if stride > 1:
             fg_probs = F.interpolate(fg_probs, size=(height, width), mode="bilinear", align_corners=False).clamp(0, 1)
         return Prediction.from_probabilities(fg_probs.contiguous())

@@ -82,6 +82,7 @@ def base_learner_logits(features: Tensor, weight: Tensor, bias: Tensor) -> Tenso
 @METHODS.register("mtl_unet")
 class MTLUNet(Method):
     Config = MTLUNetConfig
+    encodes_images = True
 
     def __init__(self, config: MTLUNetConfig, device: torch.device | str = "cpu"):
         super().__init__(config, device)
@@ -251,11 +252,21 @@ class MTLUNet(Method):
 
     # --- inference --------------------------------------------------------------------------------
     def predict(self, episode: Episode) -> Prediction:
+        return self.predict_by_encoding(episode)
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """[B, 3, H, W] -> [B, C, H, W] decoder features of the frozen U-Net under scaling and shifting."""
+        return self.meta_features(images)
+
+    def predict_encoded(self, episode: Episode, support_features: Tensor, query_features: Tensor) -> Prediction:
         # The evaluator runs under inference_mode; the inner loop needs autograd, so leave it here
         # and work on ordinary copies of the inputs.
         with torch.inference_mode(False), torch.no_grad():
-            learners = self.adapted_learners(episode.support_images.clone(), episode.support_masks)
-            query_features = self.meta_features(episode.query_images.clone())
+            support_features = support_features.float().clone().unflatten(0, (episode.way, episode.shot))
+            masks = episode.support_masks.clone()
+            learners = [self.adapt(support_features[way], masks[way]) for way in range(episode.way)]
+            query_features = query_features.float().clone()
             log_probs = torch.stack(
                 [base_learner_logits(query_features, weight, bias).log_softmax(dim=1) for weight, bias in learners], dim=1
             )  # [Q, N, 2, H, W]

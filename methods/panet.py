@@ -63,6 +63,7 @@ class PANetConfig(MethodConfig):
 @METHODS.register("panet")
 class PANet(Method):
     Config = PANetConfig
+    encodes_images = True
 
     def __init__(self, config: PANetConfig, device: torch.device | str = "cpu"):
         super().__init__(config, device)
@@ -83,15 +84,17 @@ class PANet(Method):
             query_logits [Q, 1+N, H, W] (channel 0 = background), support_features [N, K, C, h, w],
             query_features [Q, C, h, w], background_prototype [C].
         """
+        # Supports and queries in one forward: in training, batch-norm statistics span both, as in PANet.
+        features = self.encoder(torch.cat([episode.support_images.flatten(0, 1), episode.query_images]))
+        support_count = episode.way * episode.shot
+        return self.segment_features(episode, features[:support_count], features[support_count:])
+
+    def segment_features(self, episode: Episode, support_features: Tensor, query_features: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """segment() from encoded images: support_features [N*K, C, h, w], query_features [Q, C, h, w]."""
         way, shot = episode.way, episode.shot
         size = tuple(episode.query_images.shape[-2:])
-        images = torch.cat([episode.support_images.flatten(0, 1), episode.query_images])
-        features = self.encoder(images)
-        support_features = features[: way * shot]
-        query_features = features[way * shot :]
-
         masks = episode.support_masks.flatten(0, 1)  # [N*K, H, W]
-        masks = torch.stack([masks == 0, masks == 1], dim=1).to(features.dtype)  # ignore is in neither
+        masks = torch.stack([masks == 0, masks == 1], dim=1).to(support_features.dtype)  # ignore is in neither
         pooled = masked_average_pool(support_features, masks).view(way, shot, 2, -1)
         background_prototype = pooled[:, :, 0].mean(dim=(0, 1))  # [C]
         foreground_prototypes = pooled[:, :, 1].mean(dim=1)  # [N, C]
@@ -162,6 +165,15 @@ class PANet(Method):
     # --- inference ----------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, episode: Episode) -> Prediction:
-        query_logits = self.segment(episode)[0]
-        fg_probs = query_logits.softmax(dim=1)[:, 1:]
-        return Prediction.from_probabilities(fg_probs.contiguous())
+        return self.predict_by_encoding(episode)
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """[B, 3, H, W] -> [B, C, H/8, W/8] encoder features."""
+        return self.encoder(images)
+
+    @torch.no_grad()
+    def predict_encoded(self, episode: Episode, support_features: Tensor, query_features: Tensor) -> Prediction:
+        query_logits = self.segment_features(episode, support_features.float(), query_features.float())[0]
+        probabilities = query_logits.softmax(dim=1)
+        return Prediction.from_probabilities(probabilities[:, 1:].contiguous(), bg_probs=probabilities[:, 0])

@@ -14,7 +14,7 @@ from pycocotools.coco import COCO
 from benchmarks import coco_index
 from benchmarks.base import BenchmarkOptions
 from benchmarks.coco import Coco
-from benchmarks.coco_annotations import annotation_rle
+from fsbench.coco_annotations import annotation_rle
 from fsbench.fixtures import COCO_CATEGORY_IDS, make_coco2014
 from fsbench.errors import FsbenchError
 from fsbench.sampler import EpisodeSampler

@@ -99,7 +99,7 @@ def test_coco_json_refuses_a_sixteen_bit_mask_value_that_is_no_category(tmp_path
     CocoJson(tmp_path, 0, BenchmarkOptions(folds=2))
     label[0, 0] = 300
     write_png16(mask_path, label, colour_type=0)
-    with pytest.raises(FsbenchError, match=r"mask .*val_0002.png holds value 300, which is not a category"):
+    with pytest.raises(FsbenchError, match=r"mask .*val_0002.png holds value 300, which is not in label_map.json"):
         CocoJson(tmp_path, 0, BenchmarkOptions(folds=2))
 
 

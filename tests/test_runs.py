@@ -64,10 +64,10 @@ def test_fine_tuning_records_its_start_and_both_trainings(fold0_checkpoint, tiny
 def test_an_unexpected_error_is_one_line_and_marks_the_run_failed(tiny_datapath, tmp_path, capsys, monkeypatch):
     from methods.panet import PANet
 
-    def broken(self, episode):
+    def broken(self, episode, support_features, query_features):
         raise ValueError("a bug deep inside a method")
 
-    monkeypatch.setattr(PANet, "predict", broken)
+    monkeypatch.setattr(PANet, "predict_encoded", broken)
     run_dir = tmp_path / "broken"
     code = main(["--datapath", str(tiny_datapath), "--method", "panet", "--train-steps", "0", "--logpath", str(run_dir), *TINY])
     message = _error(capsys)
@@ -100,3 +100,32 @@ def test_a_truncated_image_found_while_loading_is_skipped_and_counted(tmp_path, 
     results = json.loads((tmp_path / "skipping" / "results.json").read_text())
     assert results["skipped_episodes"] and all(str(victim) in item["reason"] for item in results["skipped_episodes"])
     assert results["episodes"] == 40 - len(results["skipped_episodes"])
+
+
+def test_fine_tuning_on_custom_data_and_training_on_every_category(tmp_path):
+    """The DML repo's workflow: start from a checkpoint (here the repo's own ckpt.pth + proxies.pth),
+    fine-tune on a 3-class custom dataset (proxies re-made for its classes), evaluate its novel
+    class; then train on every category (--all-classes) for deployment."""
+    from test_dml_original import write_original_checkpoint
+
+    from fsbench.checkpoint import load_checkpoint
+    from fsbench.fixtures import make_custom
+
+    write_original_checkpoint(tmp_path / "original")
+    make_custom(tmp_path / "custom", "unified", categories=3, per_split=9, height=64, width=64)
+    common = ["--method", "dml_knn", "--benchmark", "coco_json", "--datapath", str(tmp_path / "custom"), "--folds", "3",
+              "--episodes", "3", "--img-size", "64", "--nworker", "0", "--no-progress", "--bsz", "2", "--val-every", "0"]
+    assert main([*common, "--load", str(tmp_path / "original" / "ckpt.pth"), "--train-steps", "1", "--logpath", str(tmp_path / "tuned")]) == 0
+    results = json.loads((tmp_path / "tuned" / "results.json").read_text())
+    assert results["started_from"]["format"] == "dml_segmentation" and len(results["started_from"]["sha256"]) == 64
+    state, metadata = load_checkpoint(tmp_path / "tuned" / "model.safetensors")
+    assert state["proxies.weight"].shape[0] == 3  # background + the fold's 2 base classes, re-made
+    assert metadata["config"]["architecture"] == "original"
+
+    assert main([*common, "--all-classes", "--train-steps", "1", "--backbone", "resnet18", "--pretrained", "false",
+                 "--set", "embedding_dim=8", "--logpath", str(tmp_path / "all")]) == 0
+    results = json.loads((tmp_path / "all" / "results.json").read_text())
+    assert results["trained_on"][0]["class_ids"] == [1, 2, 3] and set(results["class_iou"]) == {"thing 1", "thing 2", "thing 3"}
+    assert load_checkpoint(tmp_path / "all" / "model.safetensors")[0]["proxies.weight"].shape[0] == 4
+    # That checkpoint has seen every class: a few-shot fold of the same data is refused.
+    assert main([*common, "--eval", "--load", str(tmp_path / "all" / "model.safetensors"), "--logpath", str(tmp_path / "refused")]) == 1

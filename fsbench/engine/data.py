@@ -121,14 +121,16 @@ class SkippedItem:
 
 
 class _Positions:
-    """Batch sampler: [step * size, ..., step * size + size - 1] for step in [start, stop)."""
+    """Batch sampler of the stream positions of updates start..stop-1: update s takes ``size``
+    positions per process, process r of w the r-th share: (s w + r) size, ..., (s w + r + 1) size - 1."""
 
-    def __init__(self, start: int, stop: int, size: int):
-        self.start, self.stop, self.size = start, stop, size
+    def __init__(self, start: int, stop: int, size: int, rank: int = 0, world: int = 1):
+        self.start, self.stop, self.size, self.rank, self.world = start, stop, size, rank, world
 
     def __iter__(self) -> Iterator[list[int]]:
         for step in range(self.start, self.stop):
-            yield list(range(step * self.size, (step + 1) * self.size))
+            first = (step * self.world + self.rank) * self.size
+            yield list(range(first, first + self.size))
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
@@ -143,14 +145,15 @@ def _collate_images(items: list) -> tuple[Tensor, Tensor, int] | None:
     return images, labels, len(items) - len(good)
 
 
-def image_batches(stream: BaseClassImageStream, batch_size: int, start: int, stop: int, nworker: int, pin_memory: bool) -> DataLoader:
-    """Batches (images [B, 3, S, S], labels [B, S, S], skipped count) for updates start..stop-1.
-
-    A batch whose every image was skipped arrives as None.
+def image_batches(stream: BaseClassImageStream, batch_size: int, start: int, stop: int, nworker: int, pin_memory: bool,
+                  processes=None) -> DataLoader:
+    """Batches (images [B, 3, S, S], labels [B, S, S], skipped count) for updates start..stop-1
+    (this process's share under torchrun). A batch whose every image was skipped arrives as None.
     """
+    rank, world = (processes.rank, processes.world) if processes is not None else (0, 1)
     return DataLoader(
         stream,
-        batch_sampler=_Positions(start, stop, batch_size),
+        batch_sampler=_Positions(start, stop, batch_size, rank, world),
         num_workers=nworker,
         collate_fn=_collate_images,
         pin_memory=pin_memory,
@@ -158,11 +161,13 @@ def image_batches(stream: BaseClassImageStream, batch_size: int, start: int, sto
     )
 
 
-def episode_batches(sampler, batch_size: int, start: int, stop: int, nworker: int, skip_bad: bool) -> DataLoader:
-    """Lists of ``batch_size`` training episodes (SkippedItem for a bad one) for updates start..stop-1."""
+def episode_batches(sampler, batch_size: int, start: int, stop: int, nworker: int, skip_bad: bool, processes=None) -> DataLoader:
+    """Lists of ``batch_size`` training episodes (SkippedItem for a bad one) for updates start..stop-1
+    (this process's share under torchrun)."""
+    rank, world = (processes.rank, processes.world) if processes is not None else (0, 1)
     return DataLoader(
         SkippingEpisodes(sampler, skip_bad),
-        batch_sampler=_Positions(start, stop, batch_size),
+        batch_sampler=_Positions(start, stop, batch_size, rank, world),
         num_workers=nworker,
         collate_fn=collate_episodes,
     )

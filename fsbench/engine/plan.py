@@ -96,6 +96,7 @@ class StepContext:
 
     step: int
     generator: torch.Generator
+    weak: bool = False  # a --weak run: the batch's episodes carry class tags only
 
 
 # loss(batch, context) -> {"loss": scalar tensor, other scalars to log}. batch is (images [B,3,H,W],
@@ -152,6 +153,8 @@ class TrainingContext:
         base_classes: the fold's training class ids, sorted; image labels use their positions + 1.
         way, shot, task: the episodes the run evaluates on (episodic stages train on the same).
         seed: the run's seed.
+        weak: train from class tags only (``--weak``): episodes reach the loss through
+            Episode.with_class_tags_only, so a stage can learn from query_presence alone.
         image_batches: image_batches(count, batch_size, seed) yields (images [B, 3, H, W], labels
             [B, H, W] training labels) of ``count`` training images drawn with ``seed``, padded to a
             size the method takes and on its device: for initialisations (e.g. dml_knn's proxies).
@@ -163,6 +166,7 @@ class TrainingContext:
     shot: int = 1
     task: str = "fss"
     seed: int = 0
+    weak: bool = False
     image_batches: Callable[[int, int, int], Iterator[tuple[Tensor, Tensor]]] | None = None
 
     @property
