@@ -11,7 +11,8 @@ same queries in one run. In ordinary FS-S episodes both members answer over [bac
 the configured rule combines them.
 
 Members (``--members A,B``) are registered method names, trained here by their own stages with the
-whole budget each, or fsbench checkpoints (.safetensors), used as trained (frozen) unless joint
+whole budget each, or weights files (fsbench checkpoints, or a foreign format a method registered,
+read by fsbench.model_files), used as trained (frozen) unless joint
 fine-tuning is on. Joint fine-tuning (``--set joint_steps=N``) adds an episode stage after them: the
 loss is each member's cross-entropy on the query under its own [background, ways] probabilities plus
 ``joint_weight`` x the cross-entropy of the combined, normalised output (members need
@@ -20,13 +21,12 @@ loss is each member's cross-entropy on the query under its own [background, ways
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from fsbench.checkpoint import load_checkpoint, read_metadata
 from fsbench.engine.plan import Optimiser, ParameterGroup, StepContext, TrainingContext, TrainingStage
 from fsbench.episode import Episode, Prediction
 from fsbench.errors import FsbenchError
@@ -34,6 +34,7 @@ from fsbench.foreign import file_sha256
 from fsbench.gfss.task import SupportSet
 from fsbench.gfss.vocabulary import VocabularyPrediction, vocabulary_prediction
 from fsbench.losses import cross_entropy
+from fsbench.model_files import read_weights
 from fsbench.provenance import records_of
 from fsbench.registry import METHODS
 from methods.base import Method, MethodConfig
@@ -84,23 +85,27 @@ class Combine(Method):
             raise FsbenchError(f"unknown combination rule {config.rule!r}; available: {', '.join(RULES)}")
         if len(config.weights) != 2:
             raise FsbenchError(f"combine: weights needs two values (one per member), got {config.weights}")
-        specs = json.loads(config.member_specs) if config.member_specs else [
-            _resolve(entry, settings, config) for entry, settings in zip(_two(config.members), (config.first_settings, config.second_settings))
-        ]
-        self.specs = specs
+        if config.member_specs:  # a saved combination: members rebuilt from its settings, weights from its file
+            resolved = [ResolvedMember(spec) for spec in json.loads(config.member_specs)]
+        else:
+            resolved = [_resolve(entry, settings, config)
+                        for entry, settings in zip(_two(config.members), (config.first_settings, config.second_settings))]
+        self.specs = [member.spec for member in resolved]
         self.members: list[Method] = []
         self.records: list[tuple[str, list[dict]]] = []
-        for spec in specs:
+        for member_spec in resolved:
+            spec = member_spec.spec
             member_class = METHODS.get(spec["method"])
             member_config = member_class.Config().with_overrides(_known(member_class.Config, spec["config"]), spec["method"])
             member = member_class(member_config, device)
-            if spec.get("checkpoint") and not config.member_specs:
-                state, metadata = load_checkpoint(Path(spec["checkpoint"]), device)
-                member.load_state_dict(state)
-                self.records.append((spec["checkpoint"], records_of(metadata)))
+            if member_spec.state is not None:
+                member.load_state_dict({key: value.to(member.device) for key, value in member_spec.state.items()})
+                self.records.append((spec["checkpoint"], member_spec.records))
             self.members.append(member)
-        self.names = [_display_name(spec) for spec in specs]
-        self.config = replace(config, member_specs=json.dumps(specs, default=list))
+        self.names = [_display_name(spec) for spec in self.specs]
+        # The evaluator encodes each image once for both members when both split their prediction so.
+        self.encodes_images = all(member.encodes_images for member in self.members)
+        self.config = replace(config, member_specs=json.dumps(self.specs, default=list))
 
     # --- plumbing -----------------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
@@ -209,10 +214,22 @@ class Combine(Method):
     @torch.no_grad()
     def predict(self, episode: Episode) -> Prediction:
         """Both members on the (already padded) episode, over [background, ways], combined by the rule."""
+        return self._combine_predictions([member.predict(episode) for member in self.members])
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> tuple:
+        """[B, 3, H, W] -> (first member's features, second member's features), each [B, ...]."""
+        return tuple(member.encode(images) for member in self.members)
+
+    @torch.no_grad()
+    def predict_encoded(self, episode: Episode, support_features: tuple, query_features: tuple) -> Prediction:
+        return self._combine_predictions([member.predict_encoded(episode, support, query) for member, support, query
+                                          in zip(self.members, support_features, query_features)])
+
+    def _combine_predictions(self, predictions: list[Prediction]) -> Prediction:
         probabilities = []
-        for member in self.members:
-            prediction = member.predict(episode)
-            scores = torch.cat([prediction.background().unsqueeze(1), prediction.fg_probs], dim=1).clamp(min=0) + 1e-12
+        for prediction in predictions:
+            scores = torch.cat([prediction.background().unsqueeze(1), prediction.fg_probs], dim=1).float().clamp(min=0) + 1e-12
             probabilities.append(scores / scores.sum(dim=1, keepdim=True))
         combined = self._combine_same_space(*probabilities)
         return Prediction.from_probabilities(combined[:, 1:].contiguous(), bg_probs=combined[:, 0].contiguous())
@@ -256,34 +273,48 @@ def _known(config_class, values: dict) -> dict:
     return {key: value for key, value in values.items() if key in names}
 
 
-def _resolve(entry: str, settings: str, config: CombineConfig) -> dict:
-    """A member spec from a registered name or a checkpoint path, with the shared and own settings."""
+@dataclass
+class ResolvedMember:
+    """One member: its spec (method, config, checkpoint, sha256) and, from a weights file, the state
+    dict and that file's training records."""
+
+    spec: dict
+    state: dict[str, Tensor] | None = None
+    records: list[dict] = field(default_factory=list)
+
+
+def _resolve(entry: str, settings: str, config: CombineConfig) -> ResolvedMember:
+    """A member from a registered name or a weights file (fsbench's, or a foreign format a method
+    registered: fsbench.model_files), with the shared and its own settings."""
     entry = entry.strip()
     shared = {key: getattr(config, key) for key in SHARED_SETTINGS if getattr(config, key) is not None}
-    checkpoint = None
+    checkpoint, state, records = None, None, []
     if entry in METHODS and entry != "combine":
         name = entry
         member_class = METHODS.get(name)
         member_config = member_class.Config.quick() if config.quick_profile else member_class.Config()
-    elif entry.endswith(".safetensors") or Path(entry).is_file():
+    elif Path(entry).is_file():
         checkpoint = Path(entry)
-        metadata = read_metadata(checkpoint)
-        name = metadata.get("method")
+        name, saved, state, record = read_weights(checkpoint)
         if name not in METHODS or name == "combine":
             raise FsbenchError(f"combine member {entry}: made for method {name!r}, which cannot be a member")
+        if record["format"] != "fsbench":
+            print(f"fsbench: note: combine member {entry} ({record['format']}) does not record what it was trained on; "
+                  "the test classes must not be among its training classes", flush=True)
+        records = records_of(record.get("metadata"))
         member_class = METHODS.get(name)
-        member_config = member_class.Config().with_overrides(_known(member_class.Config, metadata.get("config", {})), name)
-        shared["pretrained"] = False  # its weights come from the checkpoint
+        member_config = member_class.Config().with_overrides(_known(member_class.Config, saved), name)
+        shared["pretrained"] = False  # its weights come from the file
     else:
         available = ", ".join(name for name in METHODS.names() if name != "combine")
-        raise FsbenchError(f"combine member {entry!r} is neither a registered method ({available}) nor a checkpoint file")
+        raise FsbenchError(f"combine member {entry!r} is neither a registered method ({available}) nor a weights file")
     member_config = member_config.with_overrides(_known(type(member_config), shared), name)
     given = [setting for setting in settings.split(";") if setting.strip()]
     member_config = member_config.with_settings(given, name)
     spec = {"method": name, "config": asdict(member_config), "checkpoint": None, "sha256": None}
     if checkpoint is not None:
         spec.update(checkpoint=str(checkpoint), sha256=file_sha256(checkpoint))
-    return spec
+    return ResolvedMember(spec, state, records)
 
 
 def _display_name(spec: dict) -> str:

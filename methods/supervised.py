@@ -80,6 +80,7 @@ class Vocabulary(nn.Module):
 class Supervised(Method):
     Config = SupervisedConfig
     trains_on_episodes = False  # dense base-class image batches
+    encodes_images = True
 
     def __init__(self, config: SupervisedConfig, device: torch.device | str = "cpu"):
         super().__init__(config, device)
@@ -178,18 +179,27 @@ class Supervised(Method):
 
     # --- FS-S episodes: prototypes of its features ------------------------------------------------
     def features(self, images: Tensor) -> Tensor:
-        """[B, 3, H, W] -> [B, C, h, w] decoder features."""
+        """[B, 3, H, W] -> [B, C, H, W] decoder features (C = the last decoder width)."""
         return self.network.decoder(self.network.encoder(images))
 
     @torch.no_grad()
     def predict(self, episode: Episode) -> Prediction:
+        return self.predict_by_encoding(episode)
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """[B, 3, H, W] -> [B, C, H, W] decoder features, one image at a time in evaluation batches."""
+        return self.features(images)
+
+    @torch.no_grad()
+    def predict_encoded(self, episode: Episode, support_features: Tensor, query_features: Tensor) -> Prediction:
+        """Prototypes from support_features [N*K, C, H, W] segment query_features [Q, C, H, W]."""
         way, shot = episode.way, episode.shot
         size = tuple(episode.query_images.shape[-2:])
-        support_features = self.features(episode.support_images.flatten(0, 1))
-        query_features = self.features(episode.query_images)
+        support_features, query_features = support_features.float(), query_features.float()
         masks = episode.support_masks.flatten(0, 1)
         masks = torch.stack([masks == 0, masks == 1], dim=1).to(support_features.dtype)  # ignore is in neither
         pooled = masked_average_pool(support_features, masks).view(way, shot, 2, -1)
         prototypes = torch.cat([pooled[:, :, 0].mean(dim=(0, 1)).unsqueeze(0), pooled[:, :, 1].mean(dim=1)])
-        logits = cosine_logits(query_features, prototypes, self.config.prototype_scale, size)
-        return Prediction.from_probabilities(logits.softmax(dim=1)[:, 1:].contiguous())
+        probabilities = cosine_logits(query_features, prototypes, self.config.prototype_scale, size).softmax(dim=1)
+        return Prediction.from_probabilities(probabilities[:, 1:].contiguous(), bg_probs=probabilities[:, 0].contiguous())

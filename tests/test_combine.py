@@ -10,8 +10,10 @@ from fsbench.cli import main
 from fsbench.engine.fit import FitSettings, fit
 from fsbench.episode import Prediction
 from fsbench.errors import FsbenchError
+from fsbench.model_files import load_method
 from fsbench.registry import METHODS
 from fsbench.transforms import SquashResize
+from tests.test_dml_original import write_original_checkpoint
 
 TINY = ["--img-size", "32", "--nworker", "0", "--no-progress", "--bsz", "2", "--val-every", "0", "--checkpoint-every", "0", "--episodes", "2"]
 
@@ -42,6 +44,20 @@ def test_a_checkpoint_member_stays_as_trained(fold0_supervised, tiny_shapes):
     first = method.members[0].state_dict()
     assert all(torch.equal(first[key], saved[key]) for key in saved)
     assert method.combination_info()["members"][0]["checkpoint"] == str(fold0_supervised)
+
+
+def test_a_member_from_a_foreign_weights_file_loads_as_its_method_does(tmp_path, tiny_shapes, capsys):
+    """The DML repo's ckpt.pth as a member: the same weights fsbench.model_files.load_method gives,
+    frozen, and a note that the file does not record its training classes."""
+    write_original_checkpoint(tmp_path)
+    method = _combine(members=(str(tmp_path / "ckpt.pth"), "panet"))
+    alone, _ = load_method(tmp_path / "ckpt.pth", None, torch.device("cpu"))
+    assert "does not record what it was trained on" in capsys.readouterr().out
+    member, expected = method.members[0].state_dict(), alone.state_dict()
+    assert method.specs[0]["method"] == "dml_knn" and member.keys() == expected.keys()
+    assert all(torch.equal(member[key], expected[key]) for key in expected)
+    assert [stage.name for stage in method.training_stages(_context(tiny_shapes))] == ["second.train"]
+    assert method.checkpoint_records() == [(str(tmp_path / "ckpt.pth"), [])]
 
 
 def test_a_checkpoint_member_trained_on_the_test_classes_is_refused(fold0_supervised, tiny_datapath, tmp_path, capsys):
