@@ -191,7 +191,7 @@ def cityscapes_path(tmp_path_factory):
 def test_a_combination_run_on_cityscapes_writes_every_approach_and_a_table(cityscapes_path, tmp_path, capsys):
     run_dir = tmp_path / "combine"
     code = main(["--task", "gfss", "--benchmark", "cityscapes", "--datapath", str(cityscapes_path), "--vocab-config", "004",
-                 "--method", "combine", "--members", "supervised,panet", "--train-steps", "1", "--queries", "3",
+                 "--method", "combine", "--members", "supervised,panet", "--train-steps", "1", "--eval-bsz", "3",
                  "--logpath", str(run_dir), *SMALL_NETWORK, *TINY])
     assert code == 0, capsys.readouterr().err
     results = json.loads((run_dir / "results.json").read_text())
@@ -237,11 +237,26 @@ def test_shapes_base_model_and_upper_bound_share_a_table(tiny_datapath, tmp_path
     assert "| novel-only  | panet" in table and "| in-classes  | supervised" in table and "| upper bound | supervised" in table
 
 
+def test_a_foreign_checkpoint_loads_for_a_gfss_run(tiny_datapath, tmp_path, capsys):
+    """--load reads the DML repo's ckpt.pth as dml_knn (fsbench.model_files), as ordinary runs do."""
+    from tests.test_dml_original import write_original_checkpoint
+
+    write_original_checkpoint(tmp_path / "original")
+    arguments = ["--task", "gfss", "--datapath", str(tiny_datapath), "--method", "dml_knn", "--eval", "--load",
+                 str(tmp_path / "original" / "ckpt.pth"), "--episodes", "4", "--logpath", str(tmp_path / "run"), *TINY]
+    assert main(arguments) == 0, capsys.readouterr().err
+    assert "does not record what it was trained on" in capsys.readouterr().out
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["started_from"]["format"] == "dml_segmentation" and results["episodes"] == 4
+    assert results["approaches"][""]["role"] == "novel-only"  # a few-shot method names only the novel classes
+
+
 @pytest.mark.parametrize("arguments,message", [
     (["--train-classes", "all"], "applies to --task gfss only"),
     (["--task", "gfss", "--method", "combine", "--members", "supervised,nothing"], "neither a registered method"),
     (["--task", "gfss", "--replay", "hsnet"], "--replay does not apply"),
     (["--method", "panet", "--members", "supervised,panet"], "has no setting members"),
+    (["--task", "gfss", "--method", "panet", "--weak"], "--weak does not apply to --task gfss"),
 ])
 def test_wrong_settings_are_one_line(arguments, message, tiny_datapath, tmp_path, capsys):
     assert main(["--datapath", str(tiny_datapath), "--logpath", str(tmp_path / "x"), *TINY, *arguments]) == 1

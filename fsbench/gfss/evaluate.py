@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from fsbench.engine.batched import autocast
 from fsbench.gfss.scores import GFSSCounts, summarise
 from fsbench.gfss.task import GFSSTask, collate_queries
 from fsbench.gfss.vocabulary import vocabulary_predictions
@@ -22,8 +23,10 @@ QUERIES_CSV = "gfss_queries.csv"
 class GFSSEvaluationSettings:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     nworker: int = 0
-    # Queries per forward pass: the support set is encoded once per batch, not once per query.
+    # Queries per forward pass (--eval-bsz): the support set is encoded once per batch, not once per query.
     batch_size: int = 1
+    # Mixed precision of the forward passes (--amp): "off", "bf16" or "fp16".
+    amp: str = "off"
     original_size: bool = False
     progress: bool = True
 
@@ -54,7 +57,8 @@ def evaluate_gfss(method, task: GFSSTask, settings: GFSSEvaluationSettings, clas
         for batch_index, items in enumerate(loader):
             images = torch.stack([item.image for item in items]).to(device)
             predict_started = time.perf_counter()
-            predictions = vocabulary_predictions(method, images, supports, batch_index)
+            with autocast(device, settings.amp):
+                predictions = vocabulary_predictions(method, images, supports, batch_index)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             predict_seconds += time.perf_counter() - predict_started

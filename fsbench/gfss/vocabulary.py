@@ -82,9 +82,10 @@ def vocabulary_prediction(method, query_images: Tensor, supports: SupportSet, in
     if dense is not None:
         valid = tuple(method.valid_size(height, width))
         rows, columns = pad_amount((height, width), valid)
-        return dense(pad_images(query_images, rows, columns)).cropped(height, width)
+        own = dense(pad_images(query_images, rows, columns)).cropped(height, width)
+        return replace(own, probabilities=own.probabilities.float())  # float32 under --amp too: rules take logs
     if supports.way == 0:  # nothing is novel: a few-shot method has no class to find
         return VocabularyPrediction(torch.ones(query_images.shape[0], 1, height, width, device=query_images.device), ())
     prediction = predict_padded(method, supports.episode(query_images, index))
-    scores = torch.cat([prediction.background().unsqueeze(1), prediction.fg_probs], dim=1)
+    scores = torch.cat([prediction.background().unsqueeze(1), prediction.fg_probs], dim=1).float()
     return VocabularyPrediction.from_scores(scores, tuple(supports.class_ids.tolist()))
