@@ -237,6 +237,18 @@ def test_shapes_base_model_and_upper_bound_share_a_table(tiny_datapath, tmp_path
     assert "| novel-only  | panet" in table and "| in-classes  | supervised" in table and "| upper bound | supervised" in table
 
 
+def test_bf16_gfss_runs_and_stays_close(tiny_datapath, tmp_path, capsys):
+    """--amp bf16 reaches the gfss loop (the rules get float32 probabilities) and moves scores little."""
+    scores = {}
+    for amp in ("off", "bf16"):
+        arguments = ["--task", "gfss", "--datapath", str(tiny_datapath), "--method", "combine", "--train-steps", "0",
+                     "--episodes", "6", "--amp", amp, "--logpath", str(tmp_path / amp), *TINY]
+        assert main(arguments) == 0, capsys.readouterr().err
+        scores[amp] = json.loads((tmp_path / amp / "results.json").read_text())
+    assert scores["bf16"]["amp"] == "bf16" and scores["bf16"]["approaches"].keys() == scores["off"]["approaches"].keys()
+    assert abs(scores["bf16"]["miou_all"] - scores["off"]["miou_all"]) < 10
+
+
 def test_a_foreign_checkpoint_loads_for_a_gfss_run(tiny_datapath, tmp_path, capsys):
     """--load reads the DML repo's ckpt.pth as dml_knn (fsbench.model_files), as ordinary runs do."""
     from tests.test_dml_original import write_original_checkpoint
