@@ -37,6 +37,12 @@ class Benchmark(ABC):
     # pair once per len(pairs) episodes); "class" - a class uniformly, then one of its images, for
     # datasets whose classes differ in size by orders of magnitude (COCO: HSNet and iFSL draw so).
     query_draw: str = "pair"
+    # Generalized FSS (fsbench.gfss, --task gfss): True where labelled_pairs and load_labelled give
+    # every class of the dataset, base and novel alike.
+    supports_gfss: bool = False
+    # Whether 0 is a class of its own, scored with the base classes in generalized FSS (Pascal, COCO,
+    # shapes), or never occurs in evaluation labels (Cityscapes: every pixel is a class or void).
+    background_class: bool = True
 
     def __init__(self, datapath: Path, fold: int, options: BenchmarkOptions | None = None):
         if not 0 <= fold < self.num_folds:
@@ -81,6 +87,30 @@ class Benchmark(ABC):
                 by_class.setdefault(class_id_of_pair, []).append(image_id)
             index[split] = by_class
         return index[split].get(class_id, [])
+
+    def labelled_pairs(self, split: str) -> list[tuple[str, int]]:
+        """(image id, class id) pairs of EVERY class, base and novel, on the images of ``split``
+        (train: the training images; test: the evaluation images), sorted.
+
+        Default: the union of every fold's pairs of that split, since each class is a test class of
+        one fold and a training class of the others; benchmarks with one index of all classes override.
+        """
+        self._require_gfss()
+        cached = getattr(self, "_labelled_pairs", {})
+        if split not in cached:
+            folds = [self if fold == self.fold else type(self)(self.datapath, fold, self.options) for fold in range(self.num_folds)]
+            cached[split] = sorted({pair for benchmark in folds for pair in benchmark.pairs(split)})
+            self._labelled_pairs = cached
+        return cached[split]
+
+    def load_labelled(self, image_id: str, split: str) -> tuple[Tensor, Tensor]:
+        """load() with no class hidden: every class keeps its id, on training images too."""
+        self._require_gfss()
+        return self.load(image_id, "test")
+
+    def _require_gfss(self) -> None:
+        if not self.supports_gfss:
+            raise FsbenchError(f"benchmark {self.registry_name!r} does not support --task gfss (cityscapes, pascal, coco and shapes do)")
 
     def identity(self) -> str:
         """What makes two benchmarks the same data for the checkpoint guard: the registry name (a

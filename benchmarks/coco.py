@@ -45,6 +45,7 @@ class Coco(Benchmark):
     # PFENet evaluates COCO-20i on 20000 episodes at 641 x 641.
     protocol_defaults = {"pfenet": {"episodes": 20000, "img_size": 641}}
     query_draw = "class"
+    supports_gfss = True
 
     def __init__(self, datapath: Path, fold: int, options: BenchmarkOptions | None = None):
         super().__init__(datapath, fold, options)
@@ -120,6 +121,13 @@ class Coco(Benchmark):
         return self._pairs[split]
 
     def load(self, image_id: str, split: str) -> tuple[Tensor, Tensor]:
+        image, label = self.load_labelled(image_id, split)
+        if split == "train":
+            label[torch.isin(label, self._novel_tensor)] = 0  # novel classes stay unseen in training
+        return image, label
+
+    def load_labelled(self, image_id: str, split: str) -> tuple[Tensor, Tensor]:
+        """The image and its label map with every class (load() hides the novel ones in training)."""
         image_split = IMAGE_SPLIT[split]
         header = self.headers[split]
         file_name, height, width = header["images"][image_id][:3]
@@ -134,8 +142,6 @@ class Coco(Benchmark):
             unions = [(class_id, {"size": [height, width], "counts": counts.encode("ascii")}) for class_id, counts in record]
             label = torch.from_numpy(paint(unions, height, width))
         check_same_size(image, label, image_path, mask_path)
-        if split == "train":
-            label[torch.isin(label, self._novel_tensor)] = 0  # novel classes stay unseen in training
         return image, label
 
     def replay_lists(self, split: str) -> ReplayLists:

@@ -46,6 +46,7 @@ class Pascal(Benchmark):
     num_folds = 4
     default_img_size = 400
     default_episodes = 1000
+    supports_gfss = True
     # PFENet evaluates Pascal-5i on 5000 episodes at 473 x 473.
     protocol_defaults = {"pfenet": {"episodes": 5000, "img_size": 473}}
 

@@ -88,6 +88,7 @@ class Shapes(Benchmark):
     default_img_size = render.IMAGE_SIZE
     default_episodes = 1000
     quick = True
+    supports_gfss = True
 
     def __init__(self, datapath: Path, fold: int, options: BenchmarkOptions | None = None):
         super().__init__(datapath, fold, options)
@@ -119,6 +120,12 @@ class Shapes(Benchmark):
         if split == "train":
             label[torch.isin(label, torch.tensor(sorted(self._novel)))] = 0  # novel classes stay unseen
         return image, label
+
+    def labelled_pairs(self, split: str) -> list[tuple[str, int]]:
+        return sorted(self._pairs[IMAGE_SPLIT[split]])
+
+    def load_labelled(self, image_id: str, split: str) -> tuple[Tensor, Tensor]:
+        return read_image(self.root / f"{image_id}.png"), read_label(self.root / f"{image_id}_label.png")
 
     def describe(self) -> dict:
         return {**super().describe(), "generator_version": GENERATOR_VERSION, "generator_seed": GENERATOR_SEED}

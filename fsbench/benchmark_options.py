@@ -25,3 +25,7 @@ class BenchmarkOptions:
     fold_classes: list[list[int]] | None = None
     # coco_json: train on every category (no held-out fold), for deployment.
     all_classes: bool = False
+    # cityscapes: the vocabulary configuration ("000".."008": which thing classes are out of the
+    # vocabulary) and what those classes become in training labels ("void" = 255, or "background" = 0).
+    vocab_config: str = "008"
+    out_as: str = "void"

@@ -36,6 +36,13 @@ def _fold_classes(text: str) -> list[list[int]]:
     return folds
 
 
+def _members(text: str) -> tuple[str, ...]:
+    members = tuple(part.strip() for part in text.split(",") if part.strip())
+    if len(members) != 2:
+        raise argparse.ArgumentTypeError(f"expected two members A,B, got {text!r}")
+    return members
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="main.py", description="fsbench: train and evaluate few-shot segmentation methods on episodes.")
     what = parser.add_argument_group("what to run")
@@ -46,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--way", type=int, default=1)
     what.add_argument("--shot", type=int, default=1)
     what.add_argument("--queries", type=int, default=1, help="queries per episode")
-    what.add_argument("--task", choices=("fss", "fscs"), help="fss: the query holds the class; fscs: iFSL's FS-CS (default: fss for 1-way, fscs for N-way)")
+    what.add_argument("--task", choices=("fss", "fscs", "gfss"), help="fss: the query holds the class; fscs: iFSL's FS-CS (default: fss for 1-way, fscs for N-way); gfss: generalized FSS, base and novel classes in every query")
     what.add_argument("--episodes", type=int, help="evaluation episodes (default: the protocol's, e.g. 1000)")
     what.add_argument("--seed", type=int, default=0)
     what.add_argument("--protocol", default="hsnet", help="evaluation protocol (default hsnet)")
@@ -60,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--all-classes", action="store_true", help="coco_json: train on every category (no held-out fold), e.g. to fine-tune for deployment")
     what.add_argument("--replay", choices=("hsnet", "ifsl"), help="test on exactly the episodes of HSNet's or iFSL's test loader (needs their split lists)")
     what.add_argument("--boundary", choices=("ignore", "background"), help="query-mask ignore pixels (255): ignore (default for fss) or background (default for fscs, as iFSL's code)")
+    what.add_argument("--vocab-config", metavar="NNN", help="cityscapes: out-of-vocabulary configuration 000..008 (default 008: all eight thing classes)")
+    what.add_argument("--out-as", choices=("void", "background"), help="cityscapes: what out-of-vocabulary classes become in training labels (default void)")
+    what.add_argument("--train-classes", choices=("base", "all"), help="gfss: train on the base classes (default) or on every class (the upper bound)")
 
     model = parser.add_argument_group("method settings (unset = the method's default)")
     model.add_argument("--backbone")
@@ -69,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--loss", help="segmentation loss, for methods that have one")
     model.add_argument("--train-steps", type=int, help="training steps (0 = evaluate the initialised model)")
     model.add_argument("--img-size", type=int, help="square input size (default: the benchmark's)")
+    model.add_argument("--members", type=_members, metavar="A,B", help="combine: two members, each a registered method or a checkpoint (.safetensors)")
     model.add_argument("--weak", action="store_true", help="train from class tags only (iFSL's weak labels): presence, never a mask; lr / 10 unless --lr")
     model.add_argument("--select-by", choices=("last", "miou", "er"), help="keep the weights of the best validation score (default: last; er with --weak, as iFSL)")
     model.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other method setting, e.g. --set k=32 --set embedding_dim=128 (repeatable)")

@@ -44,7 +44,8 @@ def method_config(method_class, benchmark, args, checkpoint_metadata: dict | Non
     """The method's config: its defaults (quick profile on quick benchmarks), a checkpoint's
     settings when one is loaded, then the flags the user set."""
     config = method_class.Config.quick() if benchmark.quick else method_class.Config()
-    overrides = {"backbone": args.backbone, "pretrained": args.pretrained, "lr": args.lr, "batch_size": args.bsz, "loss": args.loss}
+    overrides = {"backbone": args.backbone, "pretrained": args.pretrained, "lr": args.lr, "batch_size": args.bsz, "loss": args.loss,
+                 "members": getattr(args, "members", None)}
     if checkpoint_metadata is not None:
         saved = checkpoint_metadata.get("config", {})
         for key in ("backbone", "embedding_dim"):
@@ -134,6 +135,12 @@ def execute(args, resume: bool = False) -> dict:
     training continues from its last checkpoint, then evaluation runs. Under torchrun every process
     calls this; rank 0 writes the folder.
     """
+    if args.task == "gfss":  # generalized FSS: its own queries, supports and scores
+        from fsbench.gfss.run import execute_gfss
+
+        return execute_gfss(args, resume)
+    if getattr(args, "train_classes", None) == "all":
+        raise FsbenchError("--train-classes all (training on the test classes: the upper bound) applies to --task gfss only")
     processes = distributed.start(args.device)
     try:
         run = _build(args, resume, processes)
@@ -156,6 +163,8 @@ def _build(args, resume: bool, processes: distributed.Processes) -> Run:
     options = BenchmarkOptions(
         protocol=protocol.name, split_dir=args.split_dir, class_split=args.class_split, skip_bad=args.skip_bad,
         layout=args.layout, folds=args.folds, fold_classes=args.fold_classes, all_classes=args.all_classes,
+        vocab_config=getattr(args, "vocab_config", None) or BenchmarkOptions.vocab_config,
+        out_as=getattr(args, "out_as", None) or BenchmarkOptions.out_as,
     )
     benchmark = benchmark_class(args.datapath, args.fold, options)
     inherited = records_of(checkpoint_metadata)
@@ -190,6 +199,8 @@ def _build(args, resume: bool, processes: distributed.Processes) -> Run:
     method = method_class(config, device)
     if loaded is not None:
         method.load_state_dict({key: value.to(device) for key, value in loaded.state.items()})
+    for source, records in getattr(method, "checkpoint_records", lambda: [])():  # members loaded from files
+        check_test_classes_unseen(records, benchmark, source)
     identity = {
         "method": args.method, "backbone": config.backbone, "benchmark": args.benchmark, "fold": args.fold,
         "way": args.way, "shot": args.shot, "queries": args.queries, "task": task, "seed": args.seed,

@@ -308,9 +308,20 @@ def main_table(
     folders = find_run_folders(patterns)
     if folders.unfinished:  # on stderr, so that a table redirected to a file stays a table
         print(f"fsbench: note: {folders.note()}", file=sys.stderr)
-    frame = read_runs(folders.finished, with_episodes=options.needs_episodes)
-    tables = [table for metric in metrics for table in build_tables(frame, metric, options)]
-    return render_tables(tables, format, options)
+    from fsbench.gfss.records import is_gfss_run  # generalized FSS runs have tables of their own
+
+    gfss = [folder for folder in folders.finished if is_gfss_run(folder)]
+    others = [folder for folder in folders.finished if folder not in gfss]
+    parts = []
+    if gfss:
+        from fsbench.gfss.table import gfss_table
+
+        parts.append(gfss_table(gfss, format, options))
+    if others or not gfss:
+        frame = read_runs(others, with_episodes=options.needs_episodes)
+        tables = [table for metric in metrics for table in build_tables(frame, metric, options)]
+        parts.append(render_tables(tables, format, options))
+    return "\n".join(parts)
 
 
 def format_run_row(results: dict, format: str = "markdown", episodes_csv: Path | None = None) -> str:

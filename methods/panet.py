@@ -145,6 +145,11 @@ class PANet(Method):
             )
         ]
 
+    def episode_logits(self, episode: Episode) -> Tensor:
+        """[Q, 1 + N, H, W] query logits over [background, ways], differentiable (for joint fine-tuning
+        in methods/combine.py)."""
+        return self.segment(episode)[0]
+
     def episode_loss(self, episode: Episode, context: StepContext) -> dict[str, Tensor]:
         losses = self.training_losses(episode)
         return {"loss": losses["total"], "alignment": losses["alignment"].detach()}
