@@ -3,6 +3,8 @@ hand-worked numbers, the alignment of two vocabularies, the task's queries and s
 end-to-end runs on a fake Cityscapes tree and on shapes that write results.json and make a table."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 
@@ -209,6 +211,11 @@ def test_a_combination_run_on_cityscapes_writes_every_approach_and_a_table(citys
     assert main(["--table", str(run_dir), "--format", "csv"]) == 0
     csv_text = capsys.readouterr().out
     assert "config 004" in csv_text and csv_text.count("\n") == 1 + 7 * 4
+    # Queries are resampled as a whole (no class strata, which would leave each gfss query alone in
+    # its stratum): an interval is a point only where every query's score is the same.
+    rows = list(csv.DictReader(io.StringIO(csv_text)))
+    spread = [row for row in rows if row["ci_low"] and float(row["ci_low"]) < float(row["ci_high"])]
+    assert spread and all(float(row["ci_low"]) <= float(row["value"]) <= float(row["ci_high"]) for row in spread)
     assert main(["--table", str(run_dir), "--format", "latex"]) == 0
     assert "\\multicolumn{4}{c}{config 004}" in capsys.readouterr().out
 

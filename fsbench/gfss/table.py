@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from fsbench.bootstrap import episode_strata, paired_bootstrap_p_value, resample_weights
+from fsbench.bootstrap import paired_bootstrap_p_value, resample_weights
 from fsbench.errors import FsbenchError
 from fsbench.gfss.approaches import ROLES
 from fsbench.gfss.records import read_gfss_results, read_query_counts
@@ -101,7 +101,11 @@ def collect(folders: list[Path], options: TableOptions) -> list[tuple[dict, dict
         weights = None
         if counts:
             first = next(iter(counts.values()))
-            weights = resample_weights(episode_strata(first.present), options.resamples, run_bootstrap_seed(options.seed, results["episode_fingerprint"]))
+            # One stratum: a gfss query shows most classes, so class strata (the FS-S rule) would
+            # leave most queries alone in a stratum, always drawn, and the interval would collapse to
+            # a point. A class missing from a resample has an empty union there and is left out.
+            strata = np.zeros(len(first.present), dtype=np.int64)
+            weights = resample_weights(strata, options.resamples, run_bootstrap_seed(options.seed, results["episode_fingerprint"]))
         approaches = {}
         for key, approach in results["approaches"].items():
             replicates = None
@@ -250,7 +254,7 @@ def _legend(options: TableOptions) -> str:
     lines = ["all: mIoU over every scored class; in: over the base (in-vocabulary) classes, background included where it is a class;",
              "out: over the novel (out-of-vocabulary) classes; hm: harmonic mean of in and out. Bold: best in its column among rows on the same queries."]
     if options.confidence:
-        lines.append(f"[low, high]: {round(100 * options.level)}% percentile bootstrap interval over queries, resampled within class strata "
+        lines.append(f"[low, high]: {round(100 * options.level)}% percentile bootstrap interval over queries, resampled with replacement "
                      f"({options.resamples} resamples, seed {options.seed}); several runs (support seeds) in a cell are averaged.")
     return " ".join(lines)
 
