@@ -164,3 +164,53 @@ def strict_match(state: dict[str, Tensor], expected: dict[str, Tensor], path: Pa
             if keys:
                 parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
         raise FsbenchError(f"{path} does not fit {what}: {'; '.join(parts)}")
+
+
+def is_torch_pickle(path: Path) -> bool:
+    """True for a torch pickle (zip archive or legacy format): another codebase's checkpoint, not fsbench's.
+
+    A safetensors file starts with its header's length (8 bytes, little-endian) and then "{"; that
+    length can itself start with the bytes a pickle starts with (0x80, "PK"), so the "{" decides.
+    """
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(9)
+    except OSError:
+        return False
+    if head[8:9] == b"{":
+        return False
+    return head[:2] == b"PK" or head[:1] == b"\x80"
+
+
+@dataclass
+class ForeignImport:
+    """A foreign checkpoint mapped onto an fsbench method: what a method's ``from_foreign`` returns.
+
+    Attributes:
+        config: settings the file fixes (architecture read from its keys), applied over the method's
+            defaults; an explicit run flag that contradicts one is refused.
+        state: the weights under the method's own keys (``Method.state_dict`` layout), strictly matched.
+        provenance: JSON-serialisable record for config.json / results.json: format, path, sha256, notes.
+    """
+
+    config: dict
+    state: dict[str, Tensor]
+    provenance: dict
+
+    def as_metadata(self, method_name: str) -> dict:
+        """The fields of an fsbench checkpoint's metadata the CLI reads (method, config)."""
+        return {"method": method_name, "config": dict(self.config), "foreign": self.provenance}
+
+
+def import_foreign_checkpoint(method_class: type, path: Path) -> ForeignImport:
+    """Read ``path`` safely and let the method map it (``method_class.from_foreign``); prints its notes."""
+    if not hasattr(method_class, "from_foreign"):
+        name = getattr(method_class, "registry_name", method_class.__name__)
+        raise FsbenchError(
+            f"{path} is a pickled torch checkpoint and method {name!r} maps no other codebase's checkpoints; "
+            "fsbench never unpickles downloaded files - load an fsbench .safetensors checkpoint"
+        )
+    imported = method_class.from_foreign(read_torch_file(Path(path)))
+    for note in imported.provenance.get("notes", []):
+        print(note)
+    return imported
