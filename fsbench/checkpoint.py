@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from fsbench.errors import FsbenchError
+from fsbench.foreign import is_torch_pickle
 
 FORMAT = "fsbench-checkpoint-1"
 METADATA_KEY = "fsbench"
@@ -39,7 +40,7 @@ def read_metadata(path: Path) -> dict:
         raise FsbenchError(f"checkpoint not found: {path}")
     with open(path, "rb") as handle:
         head = handle.read(8)
-        if head[:2] == b"PK" or head[:1] == b"\x80":
+        if is_torch_pickle(path):
             raise FsbenchError(
                 f"{path} is a pickled torch checkpoint; fsbench never unpickles downloaded files "
                 "(they can run code) - convert it to safetensors first"
