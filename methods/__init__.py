@@ -2,3 +2,4 @@
 from methods import dml_knn  # noqa: F401  (registers "dml_knn")
 from methods import panet  # noqa: F401  (registers "panet")
 from methods import mtl_unet  # noqa: F401  (registers "mtl_unet")
+from methods import pfenet  # noqa: F401  (registers "pfenet")

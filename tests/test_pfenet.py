@@ -1,0 +1,216 @@
+"""pfenet's parts against direct computations: prior mask, support pooling, iFSL's way merge, padding, training."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fsbench.episode import Episode
+from methods.feature_enrichment import POOLING_EPSILON, bin_size, weighted_average_pool
+from methods.pfenet import PFENet, PFENetConfig, aligned_size, pad_to_input_size
+from methods.prior_mask import (
+    PRIOR_EPSILON,
+    ifsl_shared_support_vectors,
+    masked_support_vectors,
+    prior_mask,
+    shots_prior,
+)
+from methods.way_merging import label_probabilities, merge_ways
+
+
+def loop_prior(query: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """The prior written out location by location: query [C, h, w], support [C, S] -> [h, w]."""
+    channels, height, width = query.shape
+    best = torch.zeros(height, width, dtype=torch.float64)
+    for row in range(height):
+        for column in range(width):
+            q = query[:, row, column].double()
+            scores = []
+            for location in range(support.shape[1]):
+                s = support[:, location].double()
+                scores.append(float(q @ s) / (float(s.norm()) * float(q.norm()) + PRIOR_EPSILON))
+            best[row, column] = max(scores)
+    low, high = best.min(), best.max()
+    return (best - low) / (high - low + PRIOR_EPSILON)
+
+
+def test_prior_mask_matches_the_loops():
+    generator = torch.Generator().manual_seed(0)
+    query_high = torch.rand(2, 5, 4, 3, generator=generator)  # non-negative like post-ReLU features
+    support_high = torch.rand(2, 5, 3, 4, generator=generator)
+    mask = (torch.rand(2, 1, 3, 4, generator=generator) > 0.5).float()
+    vectors = masked_support_vectors(support_high, mask)  # mask at feature size: resizing is the identity
+    assert vectors.shape == (2, 5, 12)
+    result = prior_mask(query_high, vectors)
+    for item in range(2):
+        expected = loop_prior(query_high[item], (support_high[item] * mask[item]).reshape(5, -1))
+        assert torch.allclose(result[item, 0].double(), expected, atol=1e-6)
+    assert result.amin() >= 0 and result.amax() <= 1
+
+
+def test_prior_mask_hand_worked():
+    # Query locations (1,0), (0,1), (1,1); support foreground (1,0) and one background location (zeroed).
+    query_high = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]).view(1, 2, 1, 3)
+    support_vectors = torch.tensor([[1.0, 0.0], [0.0, 0.0]]).view(1, 2, 2)
+    cosines = torch.tensor([1.0, 0.0, 1.0 / math.sqrt(2.0)])  # the zero vector scores 0 everywhere
+    expected = (cosines - 0.0) / (1.0 - 0.0 + PRIOR_EPSILON)
+    assert torch.allclose(prior_mask(query_high, support_vectors).flatten(), expected, atol=1e-6)
+
+
+def test_shots_prior_is_the_mean_of_the_shots():
+    generator = torch.Generator().manual_seed(1)
+    query_high = torch.rand(1, 4, 3, 3, generator=generator)
+    shots = [torch.rand(1, 4, 9, generator=generator) for _ in range(3)]
+    expected = sum(prior_mask(query_high, vectors) for vectors in shots) / 3
+    assert torch.allclose(shots_prior(query_high, shots, (3, 3)), expected, atol=1e-7)
+
+
+def test_ifsl_shared_layout_is_the_memory_of_all_ways():
+    support = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)  # [N, C, S]
+    shared = ifsl_shared_support_vectors(support)
+    assert shared.shape == (1, 4, 6)
+    # Column 0 takes way 0's channels 0 and 2 then way 1's channels 0 and 2 at location 0.
+    assert shared[0, :, 0].tolist() == [support[0, 0, 0], support[0, 2, 0], support[1, 0, 0], support[1, 2, 0]]
+    assert torch.equal(ifsl_shared_support_vectors(support[:1]), support[:1])  # one way: unchanged
+
+
+def test_weighted_average_pool():
+    features = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)
+    mask = torch.tensor([[1.0, 0.0], [0.5, 0.0]]).view(1, 1, 2, 2)
+    expected = (1.0 * 1.0 + 3.0 * 0.5) / (1.5 + POOLING_EPSILON)
+    assert torch.allclose(weighted_average_pool(features, mask).flatten(), torch.tensor([expected]))
+
+
+def test_bins_absolute_and_relative():
+    assert bin_size(60, 50, 50) == (60, 60)
+    assert bin_size(0.125, 81, 81) == (10, 10)  # int() rounds down, as PFENet's COCO bins do
+    assert bin_size(1.0, 60, 40) == (60, 40)
+    assert bin_size(0.125, 5, 5) == (1, 1)  # too small a map: one bin, not a zero-sized one
+
+
+def test_merge_ways_hand_worked():
+    # One pixel, two ways: way 0 logits (0, log 3) -> fg 0.75; way 1 (log 3, 0) -> fg 0.25.
+    logits = torch.tensor([[[0.0, math.log(3.0)], [math.log(3.0), 0.0]]]).view(1, 2, 2, 1, 1)
+    merged = merge_ways(logits)
+    background = (math.log(0.25) + math.log(0.75)) / 2
+    expected = torch.tensor([background, math.log(0.75), math.log(0.25)]).view(1, 3, 1, 1)
+    assert torch.allclose(merged.log_probs, expected, atol=1e-6)
+    assert torch.allclose(merged.presence, torch.tensor([[0.75, 0.25]]))
+    probabilities = label_probabilities(merged.log_probs)
+    assert torch.allclose(probabilities.sum(1), torch.ones(1, 1, 1)) and probabilities.argmax(1).item() == 1
+
+
+def test_one_way_probability_is_the_softmax_of_upsampled_logits():
+    # For one way, channel 1 after log-space upsampling equals PFENet's softmax of upsampled logits.
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(1, 1, 2, 4, 4, generator=generator)
+    from methods.way_merging import upsample_log_probs
+
+    ours = label_probabilities(upsample_log_probs(merge_ways(logits).log_probs, (25, 25)))[:, 1]
+    pfenet = torch.nn.functional.interpolate(logits[:, 0], size=(25, 25), mode="bilinear", align_corners=True).softmax(1)[:, 1]
+    assert torch.allclose(ours, pfenet, atol=1e-6)
+
+
+@pytest.mark.parametrize("size,aligned", [(473, 473), (641, 641), (400, 401), (64, 65), (1, 1)])
+def test_aligned_size(size, aligned):
+    assert aligned_size(size) == aligned and (aligned - 1) % 8 == 0
+
+
+def small_episode(size: int, way: int = 1, shot: int = 1, queries: int = 1) -> Episode:
+    generator = torch.Generator().manual_seed(size)
+    return Episode(
+        support_images=torch.randn(way, shot, 3, size, size, generator=generator),
+        support_masks=torch.randint(0, 2, (way, shot, size, size), generator=generator),
+        query_images=torch.randn(queries, 3, size, size, generator=generator),
+        query_masks=torch.randint(0, way + 1, (queries, size, size), generator=generator),
+        class_ids=torch.arange(way),
+        query_presence=torch.ones(queries, way, dtype=torch.bool),
+    )
+
+
+def test_padding_keeps_the_content_and_ignores_the_border():
+    episode = small_episode(30)
+    padded = pad_to_input_size(episode, align=True)
+    assert padded.query_images.shape[-2:] == (33, 33)
+    assert torch.equal(padded.query_images[..., :30, :30], episode.query_images)
+    assert (padded.query_masks[:, 30:] == 255).all() and (padded.support_masks[..., :, 30:] == 255).all()
+    # Black before normalisation: (0 - mean) / std per channel.
+    assert torch.allclose(padded.query_images[0, :, 31, 31], torch.tensor([-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225]))
+    assert pad_to_input_size(episode, align=False) is episode
+
+
+def quick_method(**overrides) -> PFENet:
+    torch.manual_seed(0)
+    return PFENet(PFENetConfig.quick().with_overrides(overrides, "pfenet"), "cpu")
+
+
+def test_prediction_crops_back_and_several_queries_are_independent():
+    method = quick_method().eval()
+    episode = small_episode(30, way=2, queries=2)
+    both = method.predict(episode)
+    assert both.fg_probs.shape == (2, 2, 30, 30)
+    first = method.predict(Episode(**{**episode.__dict__, "query_images": episode.query_images[:1],
+                                     "query_masks": episode.query_masks[:1], "query_presence": episode.query_presence[:1]}))
+    assert torch.allclose(both.fg_probs[:1], first.fg_probs, atol=1e-6)
+
+
+def test_per_way_prior_equals_one_way_runs():
+    # PFENet's N-way = the 1-way network once per way; iFSL's merge only combines the results.
+    method = quick_method().eval()
+    episode = small_episode(33, way=2)
+    logits, _ = method.way_logits(episode)
+    for way in range(2):
+        single = Episode(**{**episode.__dict__, "support_images": episode.support_images[way : way + 1],
+                            "support_masks": episode.support_masks[way : way + 1], "class_ids": episode.class_ids[:1],
+                            "query_presence": episode.query_presence[:, :1]})
+        alone, _ = method.way_logits(single)
+        assert torch.allclose(logits[:, way], alone[:, 0], atol=1e-5)
+
+
+def test_training_losses_restate_the_cross_entropy():
+    method = quick_method(align_input=False).train()
+    for module in method.enrichment.modules():  # dropout off, so that the two computations see the same net
+        if isinstance(module, torch.nn.Dropout2d):
+            module.p = 0.0
+    for module in (method.reduce_query, method.reduce_support):
+        module[2].p = 0.0
+    episode = small_episode(32, way=2)
+    losses = method.training_losses(episode)
+    assert set(losses) == {"main", "auxiliary", "total"}
+    with torch.no_grad():
+        logits, auxiliary = method.way_logits(episode)
+    # Way n's target: 1 where the query mask says n + 1, 0 elsewhere (no ignore pixels in this episode).
+    targets = torch.stack([(episode.query_masks == way + 1).long() for way in range(2)], 1).flatten(0, 1)
+    up = lambda maps: torch.nn.functional.interpolate(maps.flatten(0, 1), size=(32, 32), mode="bilinear", align_corners=True)
+    main = torch.nn.functional.cross_entropy(up(logits), targets)
+    aux = sum(torch.nn.functional.cross_entropy(up(item), targets) for item in auxiliary) / len(auxiliary)
+    assert torch.allclose(losses["main"], main, atol=1e-5) and torch.allclose(losses["auxiliary"], aux, atol=1e-5)
+    assert torch.allclose(losses["total"], main + aux, atol=1e-5)
+
+
+def test_parameter_groups_and_poly_schedule():
+    config = PFENetConfig(backbone="resnet18", pretrained=False, batch_size=1)
+    method = PFENet(config, "cpu")
+    groups = method.parameter_groups()
+    assert [group["name"] for group in groups] == [
+        "reduce_query", "reduce_support", "merge", "interaction", "refine", "auxiliary_classifiers", "fuse", "fuse_refine", "classifier"
+    ]
+    assert all(group["lr_multiplier"] == 10.0 for group in groups)
+    assert not any(parameter.requires_grad for parameter in method.backbone.parameters())
+    trainable = sum(parameter.numel() for parameter in method.modules()["enrichment"].parameters())
+    grouped = sum(parameter.numel() for group in groups[2:] for parameter in group["params"])
+    assert trainable == grouped
+    method._make_optimizer(total_updates=4)
+    episode = small_episode(17)
+    for update in range(1, 5):
+        method.train_step(episode)
+        expected = 0.0025 * 10 * (1 - update / 4) ** 0.9  # PFENet's poly_learning_rate at iteration `update`
+        assert math.isclose(method.optimizer.param_groups[0]["lr"], expected, rel_tol=1e-12, abs_tol=1e-15)
+
+
+def test_backbone_statistics_follow_the_setting():
+    method = quick_method(backbone_batch_statistics=False).train()
+    assert not method.backbone.training and method.enrichment.training
+    method = quick_method().train()
+    assert method.backbone.training
