@@ -139,6 +139,7 @@ def run(args) -> dict:
     from benchmarks.base import BenchmarkOptions
     from fsbench.checkpoint import load_checkpoint, read_metadata, save_checkpoint
     from fsbench.evaluate import EvaluationSettings, evaluate, write_json
+    from fsbench.foreign import import_foreign_checkpoint, is_torch_pickle
     from fsbench.protocols import get_protocol
     from fsbench.registry import BENCHMARKS, METHODS
     from fsbench.sampler import EpisodeSampler
@@ -156,7 +157,9 @@ def run(args) -> dict:
         raise FsbenchError(f"--vis N needs N of at least 1 (or no N for every episode), got {args.vis}")
 
     # Everything that can fail on bad input is checked before the run folder is created.
-    checkpoint_metadata = read_metadata(args.load) if args.load is not None else None
+    # A torch pickle is another codebase's release: the method maps it (fsbench.foreign), nothing is unpickled.
+    foreign = import_foreign_checkpoint(method_class, args.load) if args.load is not None and is_torch_pickle(args.load) else None
+    checkpoint_metadata = (foreign.as_metadata(args.method) if foreign else read_metadata(args.load)) if args.load is not None else None
     if checkpoint_metadata is not None and checkpoint_metadata.get("method") != args.method:
         raise FsbenchError(f"checkpoint {args.load} was made for method {checkpoint_metadata.get('method')!r}, not {args.method!r}")
     options = BenchmarkOptions(
@@ -188,7 +191,7 @@ def run(args) -> dict:
     torch.manual_seed(args.seed)
     method = method_class(config, device)
     if args.load is not None:
-        state, _ = load_checkpoint(args.load, device)
+        state = foreign.state if foreign else load_checkpoint(args.load, device)[0]
         method.load_state_dict(state)
 
     run_dir = new_run_dir(args, PROJECT_ROOT / "logs")
@@ -213,6 +216,7 @@ def run(args) -> dict:
         "device": str(device),
         "method_config": asdict(config),
         "benchmark_info": benchmark.describe(),
+        "foreign_checkpoint": foreign.provenance if foreign else None,
         "versions": {"fsbench": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
     write_json(run_dir / "config.json", settings_record)
@@ -259,6 +263,7 @@ def run(args) -> dict:
         "class_iou": scores["class_iou"],
         "eval_resolution": "original" if original_size else f"{img_size}x{img_size}",
         "checkpoint": checkpoint,
+        "foreign_checkpoint": foreign.provenance if foreign else None,
         # Steps behind the evaluated weights: a loaded checkpoint's own steps count too.
         "train_steps": train_steps + int((checkpoint_metadata or {}).get("step", 0)),
         "train_s": round(train_seconds, 2),
