@@ -214,3 +214,41 @@ def test_backbone_statistics_follow_the_setting():
     assert not method.backbone.training and method.enrichment.training
     method = quick_method().train()
     assert method.backbone.training
+
+
+def test_deep_stem_imagenet_weights_load_from_a_local_file(tmp_path, monkeypatch):
+    import torchvision
+
+    from fsbench.errors import FsbenchError
+    from methods.dilated_resnet import DilatedResNet
+
+    monkeypatch.setenv("FSBENCH_WEIGHTS", str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr("fsbench.backbones.PROJECT_ROOT", tmp_path)
+    with pytest.raises(FsbenchError, match="resnet50_v2.pth .*PFENet's initmodel"):
+        DilatedResNet("resnet50", deep_stem=True, pretrained=True)
+
+    # PSPNet's resnet50_v2.pth layout: three-conv stem, layer1 reading 128 channels, an fc, and (older
+    # PyTorch) no num_batches_tracked entries.
+    generator = torch.Generator().manual_seed(3)
+    state = {key: value for key, value in torchvision.models.resnet50(weights=None).state_dict().items()
+             if not key.endswith("num_batches_tracked")}
+    state["conv1.weight"] = torch.randn(64, 3, 3, 3, generator=generator)
+    for name, out_channels, in_channels in (("conv2", 64, 64), ("conv3", 128, 64)):
+        state[f"{name}.weight"] = torch.randn(out_channels, in_channels, 3, 3, generator=generator)
+    for name, channels in (("bn2", 64), ("bn3", 128)):
+        state.update({f"{name}.weight": torch.rand(channels, generator=generator), f"{name}.bias": torch.randn(channels, generator=generator),
+                      f"{name}.running_mean": torch.randn(channels, generator=generator), f"{name}.running_var": torch.rand(channels, generator=generator)})
+    state["layer1.0.conv1.weight"] = torch.randn(64, 128, 1, 1, generator=generator)
+    state["layer1.0.downsample.0.weight"] = torch.randn(256, 128, 1, 1, generator=generator)
+    torch.save(state, tmp_path / "resnet50_v2.pth")
+    backbone = DilatedResNet("resnet50", deep_stem=True, pretrained=True)
+    loaded = backbone.state_dict()
+    for key in ("conv1.weight", "conv3.weight", "bn3.running_var", "layer1.0.downsample.0.weight", "layer4.2.conv3.weight"):
+        assert torch.equal(loaded[key], state[key]), key
+    # Dilation, PFENet's rule: every 3x3 conv of layer3 at 2, of layer4 at 4, all at stride 1.
+    assert backbone.layer3[0].conv2.dilation == (2, 2) and backbone.layer4[0].conv2.dilation == (4, 4)
+    assert backbone.layer4[0].conv2.stride == (1, 1) and backbone.layer4[0].downsample[0].stride == (1, 1)
+    with torch.no_grad():
+        layer2, layer3 = backbone.eval().middle_features(torch.randn(1, 3, 65, 65))
+    assert layer2.shape == (1, 512, 9, 9) and layer3.shape == (1, 1024, 9, 9)
