@@ -21,6 +21,11 @@ from torch import Tensor, nn
 POOLING_EPSILON = 0.0005
 # Foreground and background: PFENet's classifiers are two-way (classes=2).
 CLASSES = 2
+# The pyramid bins of PFENet's Pascal config (sides), its COCO config (shares of the feature size),
+# and iFSL's fs-cs PFENetLearner (sides, made for 400x400 inputs: 50x50 features).
+PASCAL_BINS = (60, 30, 15, 8)
+COCO_BINS = (1.0, 0.5, 0.25, 0.125)
+IFSL_BINS = (50, 25, 13, 7)
 
 
 def weighted_average_pool(features: Tensor, mask: Tensor) -> Tensor:

@@ -41,7 +41,7 @@ from fsbench.train import TrainSettings, train_episodic
 from fsbench.transforms import IMAGENET_MEAN, IMAGENET_STD
 from methods.base import Method, MethodConfig
 from methods.dilated_resnet import DilatedResNet, freeze
-from methods.feature_enrichment import FeatureEnrichment, reduction_layer, weighted_average_pool
+from methods.feature_enrichment import COCO_BINS, PASCAL_BINS, FeatureEnrichment, reduction_layer, weighted_average_pool
 from methods.pfenet_checkpoints import map_checkpoint
 from methods.prior_mask import ifsl_shared_support_vectors, masked_support_vectors, resize_mask, shots_prior
 from methods.way_merging import label_probabilities, merge_ways, upsample_log_probs, way_presence
@@ -62,7 +62,7 @@ class PFENetConfig(MethodConfig):
     deep_stem: bool = True
     reduce_dim: int = 256
     # Absolute sides > 1, shares of the feature size <= 1 (PFENet's COCO config: 1.0/0.5/0.25/0.125).
-    pyramid_bins: tuple[float, ...] = (60, 30, 15, 8)
+    pyramid_bins: tuple[float, ...] = PASCAL_BINS
     # "per_way": one prior per way (PFENet); "ifsl": iFSL's N-way prior shared by the ways.
     prior_layout: str = "per_way"
     # Pad inputs to (S - 1) % 8 == 0 (PFENet's sizes); False runs any size as is (iFSL at 400).
@@ -87,13 +87,13 @@ class PFENetConfig(MethodConfig):
     train_steps: int = 200 * 5953
 
     # PFENet's COCO config (coco_split0_resnet101.yaml; its one-GPU advice: batch 8, lr 0.005; 50 epochs).
-    COCO: ClassVar[dict] = {"backbone": "resnet101", "lr": 0.005, "batch_size": 8, "pyramid_bins": (1.0, 0.5, 0.25, 0.125)}
+    COCO: ClassVar[dict] = {"backbone": "resnet101", "lr": 0.005, "batch_size": 8, "pyramid_bins": COCO_BINS}
     QUICK = {
         "backbone": "resnet18",
         "pretrained": False,
         "deep_stem": False,
         "reduce_dim": 64,
-        "pyramid_bins": (1.0, 0.5, 0.25, 0.125),
+        "pyramid_bins": COCO_BINS,
         "train_backbone": True,
         # From scratch in a few hundred steps SGD barely moves; Adam does.
         "optimizer": "adam",

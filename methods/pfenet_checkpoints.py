@@ -21,6 +21,7 @@ from torch import Tensor
 from fsbench.errors import FsbenchError
 from fsbench.foreign import ForeignFile, find_state_dict, strip_prefix
 from methods.dilated_resnet import architecture_of_block_counts
+from methods.feature_enrichment import IFSL_BINS, PASCAL_BINS
 
 _ENRICHMENT = [
     ("init_merge.", "enrichment.merge."),
@@ -53,8 +54,6 @@ IFSL_RENAMES = [
     ("down_spt.", "reduce_support."),
     *[(f"learner.{old}", new) for old, new in _ENRICHMENT],
 ]
-# iFSL's PFENetLearner default, made for 400x400 inputs (50x50 features).
-IFSL_PYRAMID_BINS = (50, 25, 13, 7)
 UNMAPPED = "unmapped:"
 
 
@@ -128,9 +127,21 @@ def _map_pfenet(state: dict[str, Tensor], path) -> MappedCheckpoint:
     if "layer0.6.weight" not in state:
         raise FsbenchError(f"{path} holds a PFENet ResNet without the deep stem (layer0.3/layer0.6 convs); not a layout fsbench knows")
     architecture = _architecture(state, [f"layer{index}." for index in range(1, 5)], path)
-    config = {"backbone": architecture, "deep_stem": True, "reduce_dim": int(state["down_query.0.weight"].shape[0]),
-              "prior_layout": "per_way", "align_input": True}
-    notes = [f"{path}: PFENet checkpoint, deep-stem {architecture} (read from its keys), reduced width {config['reduce_dim']}"]
+    config = {
+        "backbone": architecture,
+        "deep_stem": True,
+        "reduce_dim": int(state["down_query.0.weight"].shape[0]),
+        # The keys cannot tell Pascal's bins from COCO's (COCO_BINS); Pascal's are PFENet's default.
+        "pyramid_bins": PASCAL_BINS,
+        "prior_layout": "per_way",
+        "align_input": True,
+        "train_backbone": False,
+        "backbone_batch_statistics": True,
+    }
+    notes = [
+        f"{path}: PFENet checkpoint, deep-stem {architecture} (read from its keys), reduced width {config['reduce_dim']}, "
+        f"bins {'/'.join(map(str, PASCAL_BINS))} (PFENet's Pascal setting; its COCO models used 1.0/0.5/0.25/0.125)"
+    ]
     return MappedCheckpoint("pfenet", rename(state, PFENET_RENAMES), config, _count(state, "init_merge."), notes)
 
 
@@ -140,13 +151,15 @@ def _map_ifsl(state: dict[str, Tensor], path) -> MappedCheckpoint:
         "backbone": architecture,
         "deep_stem": False,
         "reduce_dim": int(state["down_qry.0.weight"].shape[0]),
-        "pyramid_bins": IFSL_PYRAMID_BINS,
+        "pyramid_bins": IFSL_BINS,
         "prior_layout": "ifsl",
         "align_input": False,
+        "train_backbone": False,
+        "backbone_batch_statistics": False,  # iFSL's train_mode keeps the backbone in eval mode
     }
     notes = [
         f"{path}: iFSL fs-cs PFENet checkpoint; iFSL builds a torchvision {architecture} whatever its --backbone said, "
-        f"so fsbench follows the keys: {architecture}, torchvision stem, bins {'/'.join(map(str, IFSL_PYRAMID_BINS))}, "
+        f"so fsbench follows the keys: {architecture}, torchvision stem, bins {'/'.join(map(str, IFSL_BINS))}, "
         "iFSL's shared N-way prior, no input padding"
     ]
     return MappedCheckpoint("ifsl", rename(state, IFSL_RENAMES), config, _count(state, "learner.init_merge."), notes)

@@ -143,6 +143,7 @@ def test_pfenet_pth_loads_strictly(tmp_path, checkpoint_states):
     write_pfenet(path, state)
     method, imported = loaded_method(path)
     assert method.config.backbone == "resnet50" and method.config.deep_stem and method.config.prior_layout == "per_way"
+    assert method.config.pyramid_bins == (60, 30, 15, 8)
     assert len(imported.state) == len(state)
     assert torch.equal(method.backbone.conv3.weight, state["module.layer0.6.weight"])
     assert torch.equal(method.backbone.bn3.running_var, state["module.layer0.7.running_var"])
@@ -208,6 +209,8 @@ def test_cli_evaluates_a_foreign_checkpoint_and_refuses_contradicting_flags(tmp_
     assert "iFSL fs-cs PFENet checkpoint" in capsys.readouterr().out
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert config["method_config"]["backbone"] == "resnet50" and config["method_config"]["deep_stem"] is False
+    settings = config["method_config"]  # the quick profile of `shapes` gives way to what the file fixes
+    assert settings["backbone"] == "resnet50" and settings["deep_stem"] is False and settings["pyramid_bins"] == [50, 25, 13, 7]
+    assert settings["prior_layout"] == "ifsl" and settings["train_backbone"] is False and settings["reduce_dim"] == 256
     assert results["foreign_checkpoint"]["format"] == "iFSL fs-cs PFENet Lightning .ckpt"
     assert results["foreign_checkpoint"]["sha256"] == config["foreign_checkpoint"]["sha256"]
