@@ -5,30 +5,15 @@ A benchmark does no sampling (that is fsbench.sampler) and no resizing (fsbench.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
 
+from fsbench.benchmark_options import BenchmarkOptions  # noqa: F401  (benchmarks import it from here)
 from fsbench.errors import FsbenchError
+from fsbench.replay import ReplayLists
 
 SPLITS = ("train", "test")
-
-
-@dataclass
-class BenchmarkOptions:
-    """Settings that some benchmarks read; each ignores the ones it does not need."""
-
-    protocol: str = "hsnet"
-    split_dir: Path | None = None
-    class_split: str = "interleaved"
-    # Skip image/mask pairs found broken while indexing (and report how many) instead of stopping.
-    skip_bad: bool = False
-    # coco_json: the on-disk layout ("auto", "separate_json", "unified", "separate"), the number of
-    # folds over the categories, or explicit novel-class lists (one list of category ids per fold).
-    layout: str = "auto"
-    folds: int | None = None
-    fold_classes: list[list[int]] | None = None
 
 
 class Benchmark(ABC):
@@ -48,6 +33,10 @@ class Benchmark(ABC):
     # Per protocol name, defaults that differ from the ones above, e.g. {"pfenet": {"episodes": 5000,
     # "img_size": 473}}: how a benchmark states a paper's settings without the core naming it.
     protocol_defaults: dict[str, dict[str, int]] = {}
+    # How the sampler draws a query: "pair" - the (image, class) pairs in a fixed permutation (each
+    # pair once per len(pairs) episodes); "class" - a class uniformly, then one of its images, for
+    # datasets whose classes differ in size by orders of magnitude (COCO: HSNet and iFSL draw so).
+    query_draw: str = "pair"
 
     def __init__(self, datapath: Path, fold: int, options: BenchmarkOptions | None = None):
         if not 0 <= fold < self.num_folds:
@@ -93,6 +82,18 @@ class Benchmark(ABC):
             index[split] = by_class
         return index[split].get(class_id, [])
 
+    def identity(self) -> str:
+        """What makes two benchmarks the same data for the checkpoint guard: the registry name (a
+        benchmark over user data adds which dataset)."""
+        return self.registry_name
+
+    def replay_lists(self, split: str) -> ReplayLists:
+        """The standard lists another codebase's loader reads, in its order (for ``--replay``).
+
+        Benchmarks that have such lists override this; the others refuse in one line.
+        """
+        raise FsbenchError(f"benchmark {self.registry_name!r} has no HSNet or iFSL lists to replay (--replay needs pascal, coco or fss with their standard lists)")
+
     def describe(self) -> dict:
         """Facts about the data a run used, recorded in results.json."""
-        return {"benchmark": self.registry_name, "fold": self.fold, "protocol": self.options.protocol}
+        return {"benchmark": self.registry_name, "fold": self.fold, "protocol": self.options.protocol, "query_draw": self.query_draw}

@@ -4,9 +4,12 @@ Classes 1..80 are COCO's categories in sorted id order (class = index + 1, so 0 
 Fold f's novel classes are those with index % 4 == f (interleaved, the default) or indices
 20f..20f+19 (``--class-split contiguous``, PANet). Masks come from the instances JSONs
 (annotations/instances_{train,val}2014.json) through pycocotools, or, when those are absent, from
-HSNet's pre-rendered class PNGs (annotations/{train,val}2014/*.png). An (image, class) pair needs at
-least 2x32x32 visible pixels of the class. The index is built once per source and cached under
-<datapath>/cache/coco; masks are decoded when an image is loaded, i.e. in the loader workers.
+HSNet's pre-rendered class PNGs (annotations/{train,val}2014/*.png). The (image, class) pairs are
+HSNet's when its lists are present (<datapath>/splits/coco/{trn,val}/fold<k>.pkl, or ``--split-dir``;
+interleaved split only); otherwise a pair needs at least 2x32x32 visible pixels of the class. The
+index is built once per source and cached under <datapath>/cache/coco; masks are decoded when an
+image is loaded, i.e. in the loader workers. Queries draw a class uniformly, then one of its images
+(as HSNet and iFSL do), so the few huge classes (person) do not take most episodes.
 """
 from __future__ import annotations
 
@@ -18,11 +21,13 @@ from torch import Tensor
 from benchmarks import coco_index
 from benchmarks.base import Benchmark, BenchmarkOptions
 from benchmarks.cache import cache_folder
-from benchmarks.coco_annotations import paint
+from benchmarks.coco_lists import list_files, read_coco_list
+from fsbench.coco_annotations import paint
 from benchmarks.files import check_same_size, inside_root, require_tree
-from benchmarks.split_lists import MIN_OBJECT_PIXELS, Pairs, pairs_fingerprint, pairs_from_pixel_counts
+from benchmarks.split_lists import MIN_OBJECT_PIXELS, Pairs, find_split_folder, pairs_fingerprint, pairs_from_pixel_counts
 from fsbench.errors import FsbenchError
 from fsbench.registry import BENCHMARKS
+from fsbench.replay import ReplayLists
 from fsbench.transforms import read_image, read_label
 
 NUM_CLASSES = 80
@@ -39,6 +44,7 @@ class Coco(Benchmark):
     default_episodes = 1000
     # PFENet evaluates COCO-20i on 20000 episodes at 641 x 641.
     protocol_defaults = {"pfenet": {"episodes": 20000, "img_size": 641}}
+    query_draw = "class"
 
     def __init__(self, datapath: Path, fold: int, options: BenchmarkOptions | None = None):
         super().__init__(datapath, fold, options)
@@ -56,9 +62,24 @@ class Coco(Benchmark):
             self.headers[split] = self._index(image_split)
         names = self.headers["test"]["class_names"] or self.headers["train"]["class_names"]
         self._class_names = {int(class_id): name for class_id, name in names.items()} or {c: f"class {c}" for c in range(1, 81)}
-        self._pairs = {
-            split: pairs_from_pixel_counts(self.headers[split]["pixels"], set(self.classes(split))) for split in IMAGE_SPLIT
-        }
+        self._pairs = self._read_or_build_lists()
+
+    def _read_or_build_lists(self) -> dict[str, Pairs]:
+        files = list_files(self.fold)
+        folder = None
+        if self.options.class_split == "interleaved":
+            folder = find_split_folder(self.options.split_dir, self.datapath, "coco", list(files.values()))
+        elif self.options.split_dir is not None:
+            raise FsbenchError(f"--split-dir {self.options.split_dir}: HSNet's COCO lists hold the interleaved split, not --class-split {self.options.class_split}")
+        self.standard_lists = folder is not None
+        if folder is not None:
+            self.list_source = f"HSNet lists in {folder}"
+            return {
+                split: read_coco_list(folder / files[split], image_split, set(self.classes(split)), set(self.headers[split]["images"]))
+                for split, image_split in IMAGE_SPLIT.items()
+            }
+        self.list_source = f"built from annotations (classes >= {MIN_OBJECT_PIXELS} visible px)"
+        return {split: pairs_from_pixel_counts(self.headers[split]["pixels"], set(self.classes(split))) for split in IMAGE_SPLIT}
 
     def _index(self, image_split: str) -> dict:
         instances = self.root / "annotations" / f"instances_{image_split}.json"
@@ -117,6 +138,18 @@ class Coco(Benchmark):
             label[torch.isin(label, self._novel_tensor)] = 0  # novel classes stay unseen in training
         return image, label
 
+    def replay_lists(self, split: str) -> ReplayLists:
+        """HSNet's and iFSL's view of the lists: per class the images in list order, classes ascending
+        (their class_ids), from which their loaders draw a class, then an image."""
+        if not self.standard_lists:
+            raise FsbenchError(f"--replay needs HSNet's COCO lists (splits/coco/{{trn,val}}/fold{self.fold}.pkl under the data folder or --split-dir); these lists were {self.list_source}")
+        return ReplayLists(
+            source=self.list_source,
+            query_pairs=tuple(self._pairs[split]),
+            images_by_class={class_id: tuple(self.images_of_class(split, class_id)) for class_id in self.classes(split)},
+            class_order=tuple(self.classes(split)),
+        )
+
     def describe(self) -> dict:
         return {
             **super().describe(),
@@ -124,7 +157,7 @@ class Coco(Benchmark):
             "standard_split": self.options.class_split == "interleaved",
             "class_ids": "COCO category index (sorted ids) + 1",
             "masks": self.source,
-            "lists": f"built from annotations (classes >= {MIN_OBJECT_PIXELS} visible px)",
+            "lists": self.list_source,
             "list_fingerprint": pairs_fingerprint(self._pairs),
             "pairs": {split: len(pairs) for split, pairs in self._pairs.items()},
         }

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.cache import file_signature, write_atomically
-from benchmarks.coco_annotations import check_coco, class_unions, read_json
+from fsbench.coco_annotations import check_coco, class_unions, read_json
 from benchmarks.files import inside_root, read_class_png
 from fsbench.errors import FsbenchError
 

@@ -1,7 +1,7 @@
 """`fss`: FSS-1000 (Li et al. 2020): 1000 class folders of 10 image/mask pairs.
 
 Masks are thresholded at 128. The standard class split (520 train / 240 val / 240 test, HSNet's
-data/splits/fss/{trn,val,test}.txt) is read from ``--split-dir`` or <datapath>/splits/fss; without
+data/splits/fss/{trn,val,test}.txt) is read from <datapath>/splits/fss or ``--split-dir``; without
 lists a seeded split in the same proportions is used and results.json says it is non-standard. The
 test protocol visits every test image once as the query: the default episode count is the number
 of test images (2400 on the full dataset).
@@ -19,6 +19,7 @@ from benchmarks.files import BadFiles, inside_root, read_pair, require_tree
 from benchmarks.split_lists import Pairs, find_split_folder, pairs_fingerprint
 from fsbench.errors import FsbenchError
 from fsbench.registry import BENCHMARKS
+from fsbench.replay import ReplayLists
 
 SPLIT_FILES = {"train": "trn.txt", "val": "val.txt", "test": "test.txt"}
 STANDARD_SHARES = {"train": 520, "val": 240, "test": 240}
@@ -59,7 +60,7 @@ class Fss1000(Benchmark):
         self.default_episodes = len(self._pairs["test"])
 
     def _class_split(self, names: list[str]) -> dict[str, list[str]]:
-        folder = find_split_folder(self.options.split_dir, self.datapath / "splits", "fss", list(SPLIT_FILES.values()))
+        folder = find_split_folder(self.options.split_dir, self.datapath, "fss", list(SPLIT_FILES.values()))
         if folder is not None:
             self.split_source, self.standard_split = f"lists in {folder}", True
             split = {}
@@ -108,6 +109,31 @@ class Fss1000(Benchmark):
         image, mask = read_pair(image_path, image_path.with_suffix(".png"))
         label = torch.where(mask >= FOREGROUND_THRESHOLD, self._class_ids[class_name], 0)
         return image, label
+
+    def replay_lists(self, split: str) -> ReplayLists:
+        """The test images as a sorted directory listing visits them (class names sorted, then file
+        names sorted as text: 1, 10, 2, ..., 9, as HSNet's loader globs them), and each class's
+        images by file number, from which HSNet's loader draws supports."""
+        if not self.standard_split:
+            raise FsbenchError(f"--replay needs the standard FSS-1000 class split (splits/fss/{{trn,val,test}}.txt under the data folder or --split-dir); this run uses a {self.split_source}")
+        by_name: dict[str, list[str]] = {}
+        for image_id, _ in self._pairs[split]:
+            name, stem = image_id.rsplit("/", 1)
+            by_name.setdefault(name, []).append(stem)
+        query_pairs, images_by_class, numbered = [], {}, {}
+        for name in sorted(by_name):
+            class_id = self._class_ids[name]
+            stems = sorted(by_name[name], key=lambda stem: f"{stem}.jpg")
+            query_pairs += [(f"{name}/{stem}", class_id) for stem in stems]
+            images_by_class[class_id] = tuple(f"{name}/{stem}" for stem in stems)
+            numbered[class_id] = {int(stem): f"{name}/{stem}" for stem in stems if stem.isdigit() and str(int(stem)) == stem}
+        return ReplayLists(
+            source=self.split_source,
+            query_pairs=tuple(query_pairs),
+            images_by_class=images_by_class,
+            class_order=tuple(self.classes(split)),
+            numbered_images=numbered,
+        )
 
     def describe(self) -> dict:
         return {

@@ -1,10 +1,11 @@
 """`pascal`: Pascal-5i (Shaban et al. 2017) from VOC2012 JPEGImages + SegmentationClassAug.
 
 Fold f's novel classes are VOC labels 5f+1..5f+5; label 255 (object boundaries) is ignored. The
-(image, class) lists are HSNet's when they are present (``--split-dir``, or ``<datapath>/splits/pascal``),
-otherwise they are built from the masks (PFENet filter, >= 2x32x32 pixels) and cached under
-``<datapath>/cache/pascal``. Training images are SBD-augmented train_aug: every mask of
-SegmentationClassAug that is not in VOC2012's ImageSets/Segmentation/val.txt.
+(image, class) lists are HSNet's when they are present (``<datapath>/splits/pascal``, or ``--split-dir``),
+otherwise they are built from the masks (PFENet filter, >= 2x32x32 pixels), cached under
+``<datapath>/cache/pascal``, and results.json says the split is not the standard one. Training
+images are SBD-augmented train_aug: every mask of SegmentationClassAug that is not in VOC2012's
+ImageSets/Segmentation/val.txt.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from benchmarks.split_lists import (
 )
 from fsbench.errors import FsbenchError
 from fsbench.registry import BENCHMARKS
+from fsbench.replay import ReplayLists
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -60,7 +62,8 @@ class Pascal(Benchmark):
     # --- lists -------------------------------------------------------------------------------------
     def _read_or_build_lists(self) -> dict[str, Pairs]:
         required = [f"trn/fold{k}.txt" for k in range(self.num_folds)] + [f"val/fold{self.fold}.txt"]
-        folder = find_split_folder(self.options.split_dir, self.datapath / "splits", "pascal", required)
+        folder = find_split_folder(self.options.split_dir, self.datapath, "pascal", required)
+        self.standard_lists = folder is not None
         if folder is not None:
             self.list_source = f"HSNet lists in {folder}"
             train = [pair for k in range(self.num_folds) if k != self.fold for pair in read_pair_list(folder / f"trn/fold{k}.txt")]
@@ -68,7 +71,7 @@ class Pascal(Benchmark):
             self._check_list_classes(train, "train", folder / "trn")
             self._check_list_classes(test, "test", folder / f"val/fold{self.fold}.txt")
             return {"train": sorted(set(train)), "test": test}
-        self.list_source = f"built from masks (classes >= {MIN_OBJECT_PIXELS} px)"
+        self.list_source = f"built from masks (classes >= {MIN_OBJECT_PIXELS} px; no lists in {self.datapath / 'splits' / 'pascal'})"
         counts = self._pixel_counts()
         return {
             split: pairs_from_pixel_counts(counts[image_split], set(self.classes(split)))
@@ -143,13 +146,27 @@ class Pascal(Benchmark):
             label[torch.isin(label, self._novel_tensor)] = 0  # novel classes stay unseen in training
         return image, label
 
+    def replay_lists(self, split: str) -> ReplayLists:
+        """HSNet's and iFSL's view of the test list: queries in file order, per-class images in
+        file order, classes ascending (as their class_ids lists are)."""
+        if not self.standard_lists:
+            raise FsbenchError(f"--replay needs HSNet's Pascal lists (splits/pascal/{{trn,val}}/fold<k>.txt under the data folder or --split-dir); these lists were {self.list_source}")
+        pairs = self._pairs[split]
+        return ReplayLists(
+            source=self.list_source,
+            query_pairs=tuple(pairs),
+            images_by_class={class_id: tuple(self.images_of_class(split, class_id)) for class_id in self.classes(split)},
+            class_order=tuple(self.classes(split)),
+        )
+
     def describe(self) -> dict:
         return {
             **super().describe(),
             "lists": self.list_source,
             "list_fingerprint": pairs_fingerprint(self._pairs),
             "pairs": {split: len(pairs) for split, pairs in self._pairs.items()},
-            "standard_split": True,
+            # Pascal-5i's fold classes are fixed; the split is the standard one only with its lists.
+            "standard_split": self.standard_lists,
             "skipped_bad_files": self.skipped,
         }
 

@@ -1,8 +1,9 @@
 """Lists of (image, class) pairs: the HSNet text format, lists built from masks, and their fingerprint.
 
 HSNet's lists (data/splits/<dataset>/{trn,val}/fold<k>.txt) hold one ``<image id>__<class>`` per line,
-classes counted from 1. Without them, lists are built from the masks the PFENet way: an image is a
-pair of class c when c covers at least MIN_OBJECT_PIXELS pixels of its original-size label.
+classes counted from 1; they are found in ``<datapath>/splits/<dataset>/`` or under ``--split-dir``.
+Without them, lists are built from the masks the PFENet way: an image is a pair of class c when c
+covers at least MIN_OBJECT_PIXELS pixels of its original-size label.
 """
 from __future__ import annotations
 
@@ -39,23 +40,27 @@ def read_pair_list(path: Path) -> Pairs:
     return pairs
 
 
-def find_split_folder(split_dir: Path | None, default: Path, dataset: str, required: list[str]) -> Path | None:
-    """The folder holding the ``required`` list files, or None when the user gave none.
+def find_split_folder(split_dir: Path | None, datapath: Path, dataset: str, required: list[str]) -> Path | None:
+    """The folder holding the ``required`` list files, or None when there are none.
 
-    ``--split-dir`` may point at HSNet's ``data/splits`` (holding ``<dataset>/``) or at the dataset's
-    folder itself; without the flag, ``default`` (HSNet's layout under the data root) is used when it
-    is complete. A --split-dir that lacks a required file is an error naming it.
+    Without ``--split-dir`` the lists are looked for where data/README.md puts them,
+    ``<datapath>/splits/<dataset>/``; a folder there that lacks one of them is an error naming the
+    file (an incomplete copy must not silently turn into lists of another origin). ``--split-dir``
+    may point at HSNet's ``data/splits`` (holding ``<dataset>/``) or at the dataset's folder itself;
+    one that lacks a required file is an error naming it.
     """
+    default = Path(datapath) / "splits" / dataset
     candidates = [Path(split_dir) / dataset, Path(split_dir)] if split_dir is not None else [default]
     for folder in candidates:
         if all((folder / name).is_file() for name in required):
             return folder
-    if split_dir is None:
-        return None
     for folder in candidates:
         if folder.is_dir():
             missing = next(name for name in required if not (folder / name).is_file())
-            raise FsbenchError(f"--split-dir {split_dir}: split list {folder / missing} is missing")
+            given = f"--split-dir {split_dir}" if split_dir is not None else f"split lists folder {folder}"
+            raise FsbenchError(f"{given}: split list {folder / missing} is missing (see data/README.md)")
+    if split_dir is None:
+        return None
     raise FsbenchError(f"--split-dir {split_dir} does not exist (see data/README.md for the expected lists)")
 
 

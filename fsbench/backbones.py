@@ -31,6 +31,7 @@ IMAGENET_WEIGHT_FILES = {
 
 
 def weight_search_paths(file_name: str) -> list[Path]:
+    """Where ``file_name`` is looked for, in order: $FSBENCH_WEIGHTS (when set), data/weights/, the hub cache."""
     places = []
     if os.environ.get("FSBENCH_WEIGHTS"):
         places.append(Path(os.environ["FSBENCH_WEIGHTS"]) / file_name)
@@ -77,9 +78,11 @@ def _read_weight_file(file_name: str, what: str, source: str) -> dict[str, Tenso
                 return torch.load(place, map_location="cpu", weights_only=True)
             except Exception as error:  # a damaged or foreign file: say which one
                 raise FsbenchError(f"cannot read {what} {place}: {error}") from None
+    searched = ", ".join(str(place.parent) for place in places)
+    hint = "" if os.environ.get("FSBENCH_WEIGHTS") else " (or in a folder named by $FSBENCH_WEIGHTS)"
     raise FsbenchError(
-        f"{what} not found; put {file_name} ({source}) in {places[-1].parent} or $FSBENCH_WEIGHTS, "
-        "or pass --pretrained false"
+        f"{what} not found: looked for {file_name} in {searched}; put that file "
+        f"({source}) in one of them{hint}, or pass --pretrained false"
     )
 
 

@@ -5,6 +5,16 @@ background/foreground sums, ER from exact presence vectors), so the bootstrap re
 with replacement and recomputes those ratios from the resampled sums - never a mean of per-episode
 scores. Resampling is expressed as a [resamples, episodes] matrix of multiplicities, which turns every
 replicate into one matrix product.
+
+The resampling is stratified by class. mIoU averages over the fold's classes, and a resample that
+happens to miss every episode of a class scores that class 0; on short runs (40 episodes over 20
+classes) that alone drags the replicates below the estimate, and the interval can exclude it. So each
+episode belongs to one stratum, a stratum of n episodes is resampled n times from itself, and every
+class shown in some query of the run stays in every resample (episode_strata says how N-way episodes
+are assigned). The strata depend only on the episodes (their classes and ground-truth presence), never
+on predictions, so runs on the same episodes get the same resamples and the paired bootstrap stays
+paired. Price: a stratum of n episodes carries (n - 1) / n of its variance and a one-episode stratum
+none, so on runs with one or two episodes per class the interval is narrower than an unstratified one.
 """
 from __future__ import annotations
 
@@ -30,6 +40,8 @@ class EpisodeCounts:
         fb_intersection, fb_union: [E, 2] background (column 0) and foreground (column 1) sums.
         exact: [E] queries whose whole presence vector was predicted right.
         queries: [E] queries in the episode.
+        class_present: [E, C] bool, class c is one of the episode's ways and present (ground truth) in
+            at least one of its queries; what the bootstrap strata are built from.
     """
 
     episode_index: np.ndarray
@@ -40,6 +52,7 @@ class EpisodeCounts:
     fb_union: np.ndarray
     exact: np.ndarray
     queries: np.ndarray
+    class_present: np.ndarray
 
     @property
     def episodes(self) -> int:
@@ -110,27 +123,75 @@ def episode_scores(counts: EpisodeCounts, metric: str) -> np.ndarray:
     )
 
 
-def resample_weights(episodes: int, resamples: int, seed: Seed) -> np.ndarray:
-    """[resamples, episodes] float: how often each episode is drawn in each bootstrap resample.
+def episode_strata(class_present: np.ndarray) -> np.ndarray:
+    """[E] int: the bootstrap stratum of each episode, from ``class_present`` [E, C] bool.
 
-    The draws are ``np.random.default_rng(seed).integers(0, episodes, size=(resamples, episodes))``;
-    row b of that index matrix is resample b. Two runs on the same episodes with the same seed get
-    the same resamples, which is what makes the paired bootstrap paired.
+    1-way: an episode's stratum is its class (column index c). N-way: in episode order, each episode
+    goes to the stratum of the present class that has the fewest episodes so far (ties: the lower
+    column), which keeps strata near equal. A present class left with an empty stratum (every episode
+    showing it went to another class) then has its first such episode made a stratum of its own,
+    always drawn, unless an earlier one already shows it (classes in column order); such strata are
+    numbered C + 1, C + 2, ... Episodes where no class is present share stratum C. So every class
+    present somewhere is in every resample: its stratum draws only episodes showing it, or an
+    always-drawn episode shows it.
     """
-    indices = np.random.default_rng(seed).integers(0, episodes, size=(resamples, episodes))
-    offsets = (np.arange(resamples) * episodes)[:, None]
-    multiplicities = np.bincount((indices + offsets).ravel(), minlength=resamples * episodes)
-    return multiplicities.reshape(resamples, episodes).astype(np.float64)
+    present = np.asarray(class_present, dtype=bool)
+    episodes, classes = present.shape
+    shown = present.sum(axis=1)
+    # At most one class per episode (1-way): no choice to make, so no loop over episodes.
+    strata = np.where(shown == 1, present.argmax(axis=1), classes).astype(np.int64)
+    if (shown > 1).any():
+        assigned = np.zeros(classes, dtype=np.int64)
+        episode_of, class_of = np.nonzero(present)  # row-major: each episode's classes in column order
+        for episode, start in zip(*np.unique(episode_of, return_index=True)):
+            members = class_of[start : start + shown[episode]]
+            chosen = members[np.argmin(assigned[members])]  # argmin takes the first of ties: the lower column
+            strata[episode] = chosen
+            assigned[chosen] += 1
+    own = classes + 1
+    for class_index in range(classes):
+        showing = np.flatnonzero(present[:, class_index])
+        if len(showing) == 0 or (strata == class_index).any() or (strata[showing] > classes).any():
+            continue
+        strata[showing[0]] = own
+        own += 1
+    return strata
+
+
+def resample_weights(strata: np.ndarray, resamples: int, seed: Seed) -> np.ndarray:
+    """[resamples, episodes] float: how often each episode is drawn in each stratified bootstrap resample.
+
+    With ``rng = np.random.default_rng(seed)``, the strata of ``strata`` [E] (episode_strata) are taken
+    in increasing order; a stratum of n episodes (in episode index order) draws
+    ``rng.integers(0, n, size=(resamples, n))`` and row b of that draw picks resample b's n episodes
+    of it. So a stratum of n episodes is resampled n times from itself. Two runs on the same episodes
+    with the same seed get the same resamples, which keeps the paired bootstrap paired.
+    """
+    strata = np.asarray(strata)
+    rng = np.random.default_rng(seed)
+    multiplicities = np.zeros((resamples, len(strata)), dtype=np.float64)
+    for stratum in np.unique(strata):  # sorted
+        members = np.flatnonzero(strata == stratum)
+        size = len(members)
+        draws = rng.integers(0, size, size=(resamples, size))
+        draws += (np.arange(resamples) * size)[:, None]
+        multiplicities[:, members] = np.bincount(draws.ravel(), minlength=resamples * size).reshape(resamples, size)
+    return multiplicities
+
+
+def run_resample_weights(counts: EpisodeCounts, resamples: int, seed: Seed) -> np.ndarray:
+    """resample_weights of one run, stratified by its classes."""
+    return resample_weights(episode_strata(counts.class_present), resamples, seed)
 
 
 def bootstrap_replicates(counts: EpisodeCounts, metric: str, resamples: int = 1000, seed: Seed = 0) -> np.ndarray:
     """[resamples] the metric recomputed on episode-resampled copies of the run."""
-    return weighted_scores(counts, metric, resample_weights(counts.episodes, resamples, seed))
+    return weighted_scores(counts, metric, run_resample_weights(counts, resamples, seed))
 
 
 def bootstrap_replicates_all(counts: EpisodeCounts, resamples: int = 1000, seed: Seed = 0) -> dict[str, np.ndarray]:
     """bootstrap_replicates for every metric at once, from the same resamples."""
-    return weighted_scores_all(counts, resample_weights(counts.episodes, resamples, seed))
+    return weighted_scores_all(counts, run_resample_weights(counts, resamples, seed))
 
 
 def interval_from_replicates(replicates: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
@@ -189,13 +250,13 @@ def paired_test(
     ``test`` is "bootstrap" (paired bootstrap of the class-accumulated metric, the default) or
     "wilcoxon" (signed-rank test on per-episode scores).
     """
-    if first.episodes != second.episodes or not np.array_equal(first.episode_index, second.episode_index):
+    same_episodes = first.episodes == second.episodes and np.array_equal(first.episode_index, second.episode_index)
+    if not same_episodes or not np.array_equal(first.class_present, second.class_present):
         raise ValueError("a paired test needs two runs over the same episodes")
     difference = point_score(first, metric) - point_score(second, metric)
     if test == "bootstrap":
-        p_value = paired_bootstrap_p_value(
-            bootstrap_replicates(first, metric, resamples, seed), bootstrap_replicates(second, metric, resamples, seed)
-        )
+        weights = run_resample_weights(first, resamples, seed)  # the same resamples for both runs
+        p_value = paired_bootstrap_p_value(weighted_scores(first, metric, weights), weighted_scores(second, metric, weights))
     elif test == "wilcoxon":
         p_value = wilcoxon_p_value(episode_scores(first, metric), episode_scores(second, metric))
     else:

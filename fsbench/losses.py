@@ -137,3 +137,23 @@ def segmentation_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
     if name not in SEGMENTATION_LOSSES:
         raise FsbenchError(f"unknown loss {name!r}; available: {', '.join(SEGMENTATION_LOSSES)}")
     return SEGMENTATION_LOSSES[name]
+
+
+# --- weak (class-tag) supervision -----------------------------------------------------------------
+def class_tag_loss(way_log_probabilities: Tensor, presence: Tensor) -> Tensor:
+    """iFSL's classification objective for training from class tags only (``--weak``).
+
+    Args:
+        way_log_probabilities: [Q, N, 2, h, w] per-way log-softmax maps (channel 0 background,
+            1 the way's class), at any resolution.
+        presence: [Q, N] bool, whether each way's class is in each query (the only label).
+    Returns:
+        Scalar: the negative log-likelihood of the true presence under the spatial mean of the
+        log-probabilities, averaged over queries and ways (iFSL: ``nll_loss(maps.mean([-1, -2]),
+        presence)``, which it applies to 1-way episodes; every way counts alike here).
+    """
+    if way_log_probabilities.dim() != 5 or way_log_probabilities.shape[2] != 2:
+        raise FsbenchError(f"class_tag_loss expects [Q, N, 2, h, w] log-probabilities, got {tuple(way_log_probabilities.shape)}")
+    spatial_mean = way_log_probabilities.mean(dim=(-1, -2))  # [Q, N, 2]
+    chosen = spatial_mean.gather(-1, presence.long().unsqueeze(-1)).squeeze(-1)  # [Q, N]
+    return -chosen.mean()

@@ -1,7 +1,9 @@
 """EpisodeSampler: deterministic N-way K-shot episodes over a Benchmark.
 
 Episode ``i`` is a pure function of (seed, fold, split, i): its random generator is seeded from those
-numbers alone, so worker count, batch size, method and device cannot change what it contains.
+numbers alone, so worker count, batch size, method and device cannot change what it contains. With
+``replay`` the plans are instead those of another codebase's test loader (fsbench/replay.py),
+computed once up front, so episode ``i`` is still a lookup.
 """
 from __future__ import annotations
 
@@ -16,9 +18,16 @@ from torch.utils.data import Dataset
 
 from fsbench.episode import IGNORE_INDEX, Episode
 from fsbench.errors import FsbenchError
+from fsbench.lru import ByteLRU
+from fsbench.replay import CODEBASES, QUERY_DRAWS, replay_plans
 from fsbench.transforms import SquashResize
 
 TASKS = ("fss", "fscs")
+# What a query mask's ignore (255) pixels become: "ignore" (scored nowhere; HSNet, PFENet) or
+# "background" (iFSL's FS-CS code: its ignore test compares a 0/1 boundary map with 255, so it never
+# ignores, and Pascal's boundary band is scored as background).
+BOUNDARIES = ("ignore", "background")
+DEFAULT_BOUNDARY = {"fss": "ignore", "fscs": "background"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,14 @@ class EpisodeSampler(Dataset):
             some or all of the ways.
         transform: (image uint8 [3, H, W], label [H, W]) -> (image float [3, S, S], label [S, S]).
         keep_original: also return each query's mask at its original size (for original-size scoring).
+        replay: None (fsbench's own episodes) or a codebase of fsbench.replay.CODEBASES whose test
+            episodes are reproduced from the benchmark's standard lists.
+        boundary: what the dataset's ignore pixels (255) in query masks become, "ignore" or
+            "background"; default by task (DEFAULT_BOUNDARY). Padding a transform adds stays ignore.
+
+    The query of each episode is drawn as the benchmark declares (``query_draw``): "pair" visits the
+    (image, class) pairs in a fixed permutation; "class" draws a class uniformly, then one of its
+    images (COCO-20i in HSNet and iFSL), so big classes do not dominate.
     """
 
     def __init__(
@@ -60,9 +77,18 @@ class EpisodeSampler(Dataset):
         task: str = "fss",
         transform: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
         keep_original: bool = False,
+        replay: str | None = None,
+        boundary: str | None = None,
+        image_cache_mb: float = 256,
     ):
         if task not in TASKS:
             raise FsbenchError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
+        boundary = boundary or DEFAULT_BOUNDARY[task]
+        if boundary not in BOUNDARIES:
+            raise FsbenchError(f"unknown --boundary {boundary!r}; available: {', '.join(BOUNDARIES)}")
+        query_draw = getattr(benchmark, "query_draw", "pair")
+        if query_draw not in QUERY_DRAWS:
+            raise FsbenchError(f"benchmark {benchmark.registry_name!r} declares query draw {query_draw!r}; available: {', '.join(QUERY_DRAWS)}")
         for name, value in (("way", way), ("shot", shot), ("queries", queries), ("episodes", episodes)):
             if value < 1:
                 raise FsbenchError(f"--{name} must be at least 1, got {value}")
@@ -73,6 +99,13 @@ class EpisodeSampler(Dataset):
         self.task = task
         self.transform = transform or SquashResize(benchmark.default_img_size)
         self.keep_original = keep_original
+        self.replay = replay
+        self.boundary = boundary
+        # Decoded and transformed images, reused when an image recurs (a Pascal fold's ~350 images
+        # fill 1000 1-shot episodes); one cache per loader worker, bounded in bytes.
+        self.image_cache_mb = image_cache_mb
+        self._loaded = ByteLRU(int(image_cache_mb * 2**20))
+        self.query_draw = query_draw
 
         self.pairs = list(benchmark.pairs(split))
         self.class_ids = sorted({class_id for _, class_id in self.pairs})
@@ -83,6 +116,21 @@ class EpisodeSampler(Dataset):
                 f"--way {way} is larger than the {len(self.class_ids)} classes of the {split} split "
                 f"of {benchmark.registry_name!r} fold {benchmark.fold}"
             )
+        # Order of the queries of a "pair" draw: a fixed permutation of the pair list, so the first
+        # len(pairs) episodes use every (image, class) pair once (FSS-1000's protocol) and any count
+        # of episodes is a deterministic prefix of the same sequence.
+        order_rng = np.random.default_rng([seed, benchmark.fold, _split_code(split), 0x5EED])
+        self.query_order = order_rng.permutation(len(self.pairs))
+        self._replayed: list[EpisodePlan] | None = None
+        if replay is not None:
+            # The codebase's own rules decide what is feasible (HSNet keeps duplicate supports).
+            if replay not in CODEBASES:
+                raise FsbenchError(f"unknown --replay {replay!r}; available: {', '.join(CODEBASES)}")
+            if split != "test":
+                raise FsbenchError(f"--replay {replay} reproduces test episodes; the {split} split has none to replay")
+            plans = replay_plans(replay, benchmark.replay_lists(split), query_draw, task, way, shot, queries, episodes)
+            self._replayed = [EpisodePlan(index, *plan) for index, plan in enumerate(plans)]
+            return
         needed = shot + queries
         for class_id in self.class_ids:
             available = len(benchmark.images_of_class(split, class_id))
@@ -92,11 +140,6 @@ class EpisodeSampler(Dataset):
                     f"class {name!r} ({class_id}) of {benchmark.registry_name!r} fold {benchmark.fold} "
                     f"{split} has {available} images; {shot}-shot with {queries} query needs at least {needed}"
                 )
-        # The order in which queries are visited: a fixed permutation of the pair list, so the first
-        # len(pairs) episodes use every (image, class) pair once (FSS-1000's protocol) and any count
-        # of episodes is a deterministic prefix of the same sequence.
-        order_rng = np.random.default_rng([seed, benchmark.fold, _split_code(split), 0x5EED])
-        self.query_order = order_rng.permutation(len(self.pairs))
 
     def __len__(self) -> int:
         return self.episodes
@@ -105,8 +148,15 @@ class EpisodeSampler(Dataset):
     def plan(self, index: int) -> EpisodePlan:
         if not 0 <= index < self.episodes:
             raise IndexError(index)
+        if self._replayed is not None:
+            return self._replayed[index]
         rng = np.random.default_rng([self.seed, self.benchmark.fold, _split_code(self.split), index])
-        first_query, query_class = self.pairs[self.query_order[index % len(self.pairs)]]
+        if self.query_draw == "class":
+            query_class = self.class_ids[int(rng.integers(len(self.class_ids)))]
+            images = self.benchmark.images_of_class(self.split, query_class)
+            first_query = images[int(rng.integers(len(images)))]
+        else:
+            first_query, query_class = self.pairs[self.query_order[index % len(self.pairs)]]
         others = [image for image in self.benchmark.images_of_class(self.split, query_class) if image != first_query]
         query_ids = [first_query] + _choose(rng, others, self.queries - 1)
 
@@ -139,9 +189,15 @@ class EpisodeSampler(Dataset):
         return [candidates[position] for position in chosen]
 
     def fingerprint(self) -> str:
-        """sha256 over every episode's (classes, queries, supports): equal iff the episodes are equal."""
+        """sha256 over every episode's (classes, queries, supports) and the settings that decide how
+        they were drawn and scored: equal iff the episodes are equal."""
         digest = hashlib.sha256()
         digest.update(f"{self.benchmark.registry_name}|{self.benchmark.fold}|{self.split}".encode())
+        # Settings that change what is drawn or scored, named only when not the original default, so
+        # fingerprints of runs the change does not touch stay as they were.
+        for name, value, default in (("draw", self.query_draw, "pair"), ("replay", self.replay, None), ("boundary", self.boundary, "ignore")):
+            if value != default:
+                digest.update(f"|{name}={value}".encode())
         for index in range(self.episodes):
             plan = self.plan(index)
             digest.update(repr((plan.class_ids, plan.query_ids, plan.support_ids)).encode())
@@ -154,18 +210,19 @@ class EpisodeSampler(Dataset):
 
         support_images, support_masks = [], []
         for class_id, ids in zip(plan.class_ids, plan.support_ids):
+            # The episode's other classes are neither this way's foreground nor its background.
+            other_ways = [other for other in plan.class_ids if other != class_id]
             images, masks = [], []
             for image_id in ids:
-                image, label = self.benchmark.load(image_id, self.split)
-                image, label = self.transform(image, label)
+                image, label, _ = self._load(image_id, query=False)
                 images.append(image)
-                masks.append(binary_mask(label, class_id))
+                masks.append(binary_mask(label, class_id, other_ways))
             support_images.append(torch.stack(images))
             support_masks.append(torch.stack(masks))
 
         query_images, query_masks, presence, original_sizes, original_masks = [], [], [], [], []
         for image_id in plan.query_ids:
-            image, original_label = self.benchmark.load(image_id, self.split)
+            image, label, original_label = self._load(image_id, query=True)
             original_sizes.append(tuple(original_label.shape))
             presence.append(torch.isin(class_tensor, original_label.unique()))
             if self.keep_original:
@@ -173,7 +230,6 @@ class EpisodeSampler(Dataset):
                 scoring_label = getattr(self.transform, "scoring_label", None)
                 target = scoring_label(original_label) if scoring_label is not None else original_label
                 original_masks.append(way_mask(target, class_tensor))
-            image, label = self.transform(image, original_label)
             query_images.append(image)
             query_masks.append(way_mask(label, class_tensor))
 
@@ -192,10 +248,32 @@ class EpisodeSampler(Dataset):
         )
 
 
-def binary_mask(label: Tensor, class_id: int) -> Tensor:
-    """[H, W] label map -> [H, W] int64 in {0, 1, 255}: 1 where ``class_id``, 255 where ignore."""
+    def _load(self, image_id: str, query: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(image [3, S, S], label [S, S], original-size label [H, W] or None for a support).
+
+        A query's label has the boundary rule applied (before the transform, so that padding a
+        transform adds, as PFENet's, stays ignored). Results are cached; callers never modify them.
+        """
+        key = (image_id, self.boundary if query else "support")
+        cached = self._loaded.get(key)
+        if cached is not None:
+            return cached
+        image, label = self.benchmark.load(image_id, self.split)
+        if query and self.boundary == "background":
+            label = label.masked_fill(label == IGNORE_INDEX, 0)
+        transformed_image, transformed_label = self.transform(image, label)
+        entry = (transformed_image, transformed_label, label if query else None)
+        self._loaded.put(key, entry)
+        return entry
+
+
+def binary_mask(label: Tensor, class_id: int, ignored_classes: list[int] | tuple[int, ...] = ()) -> Tensor:
+    """[H, W] label map -> [H, W] int64 in {0, 1, 255}: 1 where ``class_id``, 255 where ignore or
+    one of ``ignored_classes`` (PANet: an episode's other classes are never background)."""
     mask = (label == class_id).long()
     mask[label == IGNORE_INDEX] = IGNORE_INDEX
+    if len(ignored_classes):
+        mask[torch.isin(label, torch.tensor(list(ignored_classes), dtype=label.dtype))] = IGNORE_INDEX
     return mask
 
 

@@ -1,4 +1,4 @@
-"""Rendering built tables (fsbench.tables.MetricTable) as markdown (tabulate), LaTeX (booktabs) or CSV.
+"""Rendering built tables (fsbench.table_model.MetricTable) as markdown (tabulate), LaTeX (booktabs) or CSV.
 
 Markdown prints one table per metric and way/shot group, narrow enough for a terminal; LaTeX puts a
 metric's way/shot groups side by side under \\multicolumn headers, as papers do (tabulate has no
@@ -12,16 +12,21 @@ import pandas as pd
 from tabulate import tabulate
 
 from fsbench.bootstrap import METRIC_LABELS
-from fsbench.tables import group_label
+from fsbench.table_model import group_label
 
 MISSING = "-"
 
 
+# (setting key, how the line names it); a setting left empty (not recorded, or not used) is not shown.
+SETTING_WORDS = (
+    ("task", "task"), ("protocol", "protocol"), ("class_split", "class split"), ("replay", "replay"),
+    ("boundary", "boundary"), ("eval_resolution", "scored at"), ("data_label", "data:"), ("lists", "lists"),
+)
+
+
 def _setting_line(setting: dict) -> str:
-    parts = [f"task {setting['task']}" if setting["task"] else "", f"protocol {setting['protocol']}" if setting["protocol"] else ""]
-    if setting["eval_resolution"]:
-        parts.append(f"scored at {setting['eval_resolution']}")
-    return ", ".join(part for part in parts if part)
+    """What the table's runs share beyond the benchmark, e.g. "task fss, protocol hsnet, scored at 400x400"."""
+    return ", ".join(f"{words} {setting[key]}" for key, words in SETTING_WORDS if setting.get(key))
 
 
 DAGGER = "\N{DAGGER}"
@@ -32,8 +37,8 @@ def _legend(tables: list, options) -> list[str]:
     lines = ["mean: arithmetic mean of the folds."]
     if options.confidence:
         lines.append(
-            f"[low, high]: {round(100 * options.level)}% percentile bootstrap interval over episodes "
-            f"({options.resamples} resamples, seed {options.seed})."
+            f"[low, high]: {round(100 * options.level)}% percentile bootstrap interval over episodes, resampled "
+            f"within each class ({options.resamples} resamples, seed {options.seed})."
         )
     test = "paired bootstrap" if options.test == "bootstrap" else "Wilcoxon signed-rank test"
     best = "Bold: best in its column among rows evaluated on the same episodes"
@@ -153,7 +158,8 @@ def _latex(tables: list, options) -> str:
 
 # --- CSV ----------------------------------------------------------------------------------------------
 CSV_COLUMNS = [
-    "metric", "benchmark", "task", "protocol", "eval_resolution", "way", "shot", "fold", "method", "backbone",
+    "metric", "benchmark", "task", "protocol", "eval_resolution", "class_split", "replay", "boundary", "data", "data_id",
+    "lists", "way", "shot", "fold", "method", "backbone",
     "train_steps", "row", "value", "ci_low", "ci_high", "runs", "seeds", "episode_fingerprints", "comparable",
     "episode_set", "best", "significant", "p_value", "test",
 ]
@@ -171,6 +177,7 @@ def _csv_records(tables: list, options) -> list[dict]:
                 records.append({
                     "metric": table.metric,
                     **table.setting,
+                    "data": table.setting["data_label"],
                     "way": column.way,
                     "shot": column.shot,
                     "fold": "mean" if column.fold is None else column.fold,

@@ -1,14 +1,18 @@
 """Runs -> paper tables: cells (mean over a cell's runs, fold mean, bootstrap interval), comparisons
 between rows evaluated on the same episodes, and the entry points the CLI calls.
 
-Layout: one table per metric and setting (benchmark, task, protocol, evaluation resolution); rows are
-method (+ backbone); columns are each fold and the arithmetic mean of the folds, grouped by way/shot.
-Rendering to markdown / LaTeX / CSV lives in fsbench/table_formats.py.
+Layout: one table per metric and setting (SETTING_KEYS: benchmark, data, class split, task, protocol,
+replay, boundary, evaluation resolution); rows are method (+ backbone); columns are each fold and the
+arithmetic mean of the folds, grouped by way/shot. A cell averages the runs of one row, setting, way,
+shot and fold, which then differ only in their episodes (seeds).
+Rendering to markdown / LaTeX / CSV lives in fsbench/table_formats.py, the table data classes in
+fsbench/table_model.py; the imports go one way: tables -> table_formats -> table_model.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,70 +30,24 @@ from fsbench.bootstrap import (  # noqa: F401  (bootstrap_interval and paired_te
     wilcoxon_p_value,
 )
 from fsbench.errors import FsbenchError
-from fsbench.run_records import check_results, collect_runs, read_episode_counts  # noqa: F401  (collect_runs: API)
+from fsbench.run_records import (  # noqa: F401  (collect_runs: API)
+    RUN_COLUMNS,
+    check_results,
+    collect_runs,
+    find_run_folders,
+    read_episode_counts,
+    read_runs,
+    run_record,
+)
+from fsbench.table_formats import render_run_row, render_tables
+from fsbench.table_model import Cell, Column, MetricTable, RowKey, TableOptions, group_label  # noqa: F401  (API)
 
-SETTING_KEYS = ("benchmark", "task", "protocol", "eval_resolution")
+# Runs share a table only when all of these agree (way and shot then split its column groups, the fold
+# its columns). "data" is the dataset identity for all folds and "lists" a fold's list fingerprint, set
+# only where one fold holds runs on different lists of otherwise equal data (see _split_by_lists).
+SETTING_KEYS = ("benchmark", "data", "lists", "class_split", "task", "protocol", "replay", "boundary", "eval_resolution")
 FORMATS = ("markdown", "latex", "csv")
 SIGNIFICANCE_LEVEL = 0.05
-
-RowKey = tuple  # (method, backbone, train_steps or None)
-
-
-@dataclass
-class Cell:
-    """One number of a table and everything needed to compare it with its column's other cells."""
-
-    value: float
-    run_dirs: list[str]
-    seeds: tuple[int, ...]
-    # Identifies the episodes behind the cell; two cells are comparable only when these are equal.
-    fingerprints: tuple
-    interval: tuple[float, float] | None = None
-    replicates: np.ndarray | None = None  # [resamples] bootstrap replicates of ``value``
-    scores: np.ndarray | None = None  # per-episode scores, for the Wilcoxon test
-    best: bool = False
-    significant: bool = False
-    # Against the column's best row; for the best row itself, its largest p against any other row.
-    p_value: float | None = None
-    episode_set: str = ""  # a letter when the column mixes episode sets, else ""
-
-
-@dataclass
-class Column:
-    way: int
-    shot: int
-    fold: int | None  # None: the mean of the folds
-    cells: dict = field(default_factory=dict)  # RowKey -> Cell
-    comparable: bool = True
-
-
-@dataclass
-class MetricTable:
-    """One metric for one setting: rows x (way/shot groups x folds + mean)."""
-
-    metric: str
-    setting: dict
-    rows: list
-    row_labels: dict
-    groups: list  # [(way, shot)]
-    columns: list
-    notes: list = field(default_factory=list)  # [(way, shot) or None, text]
-
-
-@dataclass
-class TableOptions:
-    confidence: bool = True  # show bootstrap intervals
-    significance: bool = True  # paired tests between rows on the same episodes
-    resamples: int = 1000
-    level: float = 0.95
-    seed: int = 0
-    test: str = "bootstrap"  # or "wilcoxon"
-    # run folder -> {metric: replicates}: shared by the tables of all metrics, so each run is resampled once.
-    replicate_cache: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def needs_episodes(self) -> bool:
-        return self.confidence or self.significance
 
 
 def run_bootstrap_seed(seed: int, fingerprint: str) -> list[int]:
@@ -135,12 +93,15 @@ def _runs_of_row(frame: pd.DataFrame, key: RowKey) -> pd.DataFrame:
 
 def _fold_cell(runs: pd.DataFrame, metric: str, options: TableOptions, label: str) -> Cell:
     """Mean over the runs of one row at one fold (several seeds = several episode sets)."""
-    fingerprints = list(runs["episode_fingerprint"])
-    repeated = sorted({print_ for print_ in fingerprints if fingerprints.count(print_) > 1})
+    per_episode_set: dict[str, list[str]] = {}
+    for fingerprint, run_dir in zip(runs["episode_fingerprint"], runs["run_dir"]):
+        per_episode_set.setdefault(fingerprint, []).append(run_dir)
+    repeated = sorted((fingerprint, run_dirs) for fingerprint, run_dirs in per_episode_set.items() if len(run_dirs) > 1)
     if repeated:
-        same = runs[runs["episode_fingerprint"] == repeated[0]]["run_dir"].tolist()
+        sets = "; ".join(f"{len(run_dirs)} on episodes {fingerprint[:8]}: {', '.join(run_dirs)}" for fingerprint, run_dirs in repeated)
         raise FsbenchError(
-            f"{' and '.join(same)} are two evaluations of {label} on the same episodes; pass only one of them"
+            f"{sum(len(run_dirs) for _, run_dirs in repeated)} evaluations of {label} repeat the same episodes ({sets}); "
+            "pass one run per episode set"
         )
     runs = runs.sort_values("episode_fingerprint")
     cell = Cell(
@@ -178,11 +139,6 @@ def _mean_cell(fold_cells: dict, folds: list[int], options: TableOptions) -> Cel
         if options.confidence:
             cell.interval = interval_from_replicates(cell.replicates, options.level)
     return cell
-
-
-def group_label(way: int, shot: int, ways: set) -> str:
-    """"1-shot" when every group of the table is 1-way, else "2-way 1-shot"."""
-    return f"{shot}-shot" if ways == {1} else f"{way}-way {shot}-shot"
 
 
 def _column_name(way: int, shot: int, fold: int | None, ways: set) -> str:
@@ -239,14 +195,62 @@ def _compare(column: Column, table: MetricTable, options: TableOptions, ways: se
     best.significant = not ties and best.p_value < SIGNIFICANCE_LEVEL
 
 
+def _split_by_lists(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with a "lists" column: each run's list fingerprint where its setting holds runs of one
+    fold on different lists, else "".
+
+    Such runs come from data that changed under the same description (a dataset regenerated in place,
+    explicit --fold-classes): nothing says which lists of one fold belong with which of another, so
+    each list set gets a table of its own, without a fold mean across them.
+    """
+    frame = frame.assign(lists="")
+    others = [key for key in SETTING_KEYS if key != "lists"]
+    for _, runs in frame.groupby(others, sort=False):
+        if (runs.groupby("fold")["list_fingerprint"].nunique() > 1).any():
+            frame.loc[runs.index, "lists"] = runs["list_fingerprint"].map(lambda fingerprint: fingerprint or "not recorded")
+    return frame
+
+
+def _data_labels(settings: list[dict]) -> list[str]:
+    """For each setting, what tells its data apart from that of other tables of the same benchmark:
+    the benchmark_info entries that differ between them ("" where a benchmark has one dataset only)."""
+    labels = []
+    for setting in settings:
+        siblings = {other["data"] for other in settings if other["benchmark"] == setting["benchmark"]}
+        if len(siblings) < 2:
+            labels.append("")
+            continue
+        if not setting["data"]:
+            labels.append("not recorded")
+            continue
+        described = [json.loads(data) if data else {} for data in siblings]
+        own = json.loads(setting["data"])
+        keys = sorted({key for other in described for key in other})
+        differing = [key for key in keys if any(other.get(key) != own.get(key) for other in described)]
+        labels.append(", ".join(f"{key} {_text(own[key])}" if key in own else f"{key} not recorded" for key in differing))
+    return labels
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def data_id(data: str) -> str:
+    """A short stable name of a run's data identity (12 hex digits of its sha256; "" when not recorded)."""
+    return hashlib.sha256(data.encode()).hexdigest()[:12] if data else ""
+
+
 def build_tables(frame: pd.DataFrame, metric: str, options: TableOptions | None = None) -> list[MetricTable]:
     """The tables of one metric: one per setting, in sorted setting order."""
     options = options or TableOptions()
     if options.test not in TESTS:
         raise FsbenchError(f"unknown significance test {options.test!r}; available: {', '.join(TESTS)}")
+    frame = _split_by_lists(frame)
+    settings = [(dict(zip(SETTING_KEYS, values)), runs) for values, runs in frame.groupby(list(SETTING_KEYS), sort=True)]
+    for (setting, _), label in zip(settings, _data_labels([setting for setting, _ in settings])):
+        setting.update(data_label=label, data_id=data_id(setting["data"]))
     tables = []
-    for setting_values, setting_runs in frame.groupby(list(SETTING_KEYS), sort=True):
-        setting = dict(zip(SETTING_KEYS, setting_values))
+    for setting, setting_runs in settings:
         rows, labels = _row_keys(setting_runs)
         groups = sorted({(int(way), int(shot)) for way, shot in zip(setting_runs["way"], setting_runs["shot"])})
         ways = {way for way, _ in groups}
@@ -283,8 +287,6 @@ def _require_format(format: str) -> None:
 
 def render_table(frame: pd.DataFrame, metric: str, format: str = "markdown", options: TableOptions | None = None) -> str:
     """One metric's tables for the runs of ``frame`` (from collect_runs) in ``format``."""
-    from fsbench.table_formats import render_tables
-
     _require_format(format)
     options = options or TableOptions()
     return render_tables(build_tables(frame, metric, options), format, options)
@@ -300,12 +302,13 @@ def main_table(
     resamples: int = 1000,
 ) -> str:
     """Collect the runs that ``patterns`` name and render every metric's tables (what --table prints)."""
-    from fsbench.table_formats import render_tables
-
     _require_format(format)
     # Without intervals nothing reads episodes.csv, so there are no paired tests either: a fast, plain table.
     options = TableOptions(confidence=confidence, significance=confidence, resamples=resamples, seed=seed, test=test)
-    frame = collect_runs(patterns, with_episodes=options.needs_episodes)
+    folders = find_run_folders(patterns)
+    if folders.unfinished:  # on stderr, so that a table redirected to a file stays a table
+        print(f"fsbench: note: {folders.note()}", file=sys.stderr)
+    frame = read_runs(folders.finished, with_episodes=options.needs_episodes)
     tables = [table for metric in metrics for table in build_tables(frame, metric, options)]
     return render_tables(tables, format, options)
 
@@ -315,18 +318,11 @@ def format_run_row(results: dict, format: str = "markdown", episodes_csv: Path |
 
     With ``episodes_csv`` (the run's episodes.csv) the cells carry their bootstrap interval.
     """
-    from fsbench.table_formats import render_run_row
-
     _require_format(format)
     results = check_results(results, "evaluation results")
     counts = read_episode_counts(Path(episodes_csv), results) if episodes_csv is not None else None
     options = TableOptions(confidence=counts is not None, significance=False)
-    frame = pd.DataFrame.from_records([{
-        **{key: results.get(key) for key in ("method", "backbone", *SETTING_KEYS, "fold", "way", "shot", "seed", "miou", "fbiou", "er")},
-        "run_dir": str(episodes_csv.parent) if episodes_csv is not None else "",
-        "episode_fingerprint": results["episode_fingerprint"],
-        "train_steps": None,
-        "counts": counts,
-    }])
+    run_dir = str(episodes_csv.parent) if episodes_csv is not None else ""
+    frame = pd.DataFrame.from_records([{**run_record(results, run_dir, counts), "train_steps": None}], columns=RUN_COLUMNS)
     tables = [build_tables(frame, metric, options)[0] for metric in METRICS]
     return render_run_row(tables, format, options)

@@ -14,14 +14,34 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_LABEL = 255
 
 
+# Pillow's 16-bit greyscale modes. Pillow itself reads 16-bit colour PNGs (48-bit RGB, 64-bit RGBA,
+# 32-bit grey+alpha) as 8-bit by keeping each value's high byte; grey gets the same rule here.
+SIXTEEN_BIT_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+# 32-bit integer and float pixels have no agreed 8-bit reading (their range is the file's own), so they are refused.
+WIDE_MODES = {"I": "32-bit integer", "F": "32-bit float"}
+
+
 def read_image(path: Path) -> Tensor:
-    """[3, H, W] uint8 RGB. A missing, corrupt or truncated file raises a one-line FsbenchError."""
+    """[3, H, W] uint8 RGB. A missing, corrupt or truncated file raises a one-line FsbenchError.
+
+    16-bit images (grey, RGB, RGBA) become 8-bit by their high byte (value >> 8); 32-bit integer or
+    float images are refused in one line.
+    """
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"))  # convert() forces a full decode: truncation shows here
+            if image.mode in WIDE_MODES:
+                raise FsbenchError(
+                    f"image {path} has {WIDE_MODES[image.mode]} pixels (mode {image.mode}); save it as 8- or 16-bit RGB or grey"
+                )
+            if image.mode in SIXTEEN_BIT_GREY_MODES:
+                # convert("RGB") would clip every value above 255 to white.
+                grey = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+                array = np.repeat(grey[:, :, None], 3, axis=2)
+            else:
+                array = np.asarray(image.convert("RGB"))  # convert() forces a full decode: truncation shows here
     except FileNotFoundError:
         raise FsbenchError(f"image file is missing: {path}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:

@@ -8,8 +8,14 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from fsbench.engine.plan import TrainingContext, TrainingStage
 from fsbench.episode import Episode, Prediction
 from fsbench.errors import FsbenchError
+
+
+def round_up(size: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is >= size (e.g. 400 -> 416 for 32)."""
+    return -(-size // multiple) * multiple
 
 
 @dataclass
@@ -43,12 +49,45 @@ class MethodConfig:
             )
         return replace(self, **given)
 
+    def with_settings(self, settings: list[str], method_name: str) -> "MethodConfig":
+        """A copy with ``--set KEY=VALUE`` settings applied, each VALUE read as the type of the
+        setting's current value (bool: true/false; tuple: comma-separated numbers)."""
+        current = {item.name: getattr(self, item.name) for item in fields(self)}
+        changes = {}
+        for setting in settings:
+            key, separator, text = setting.partition("=")
+            key = key.strip().replace("-", "_")
+            if not separator or key not in current:
+                known = ", ".join(sorted(current))
+                raise FsbenchError(f"--set {setting!r}: expected KEY=VALUE with KEY one of method {method_name!r}'s settings ({known})")
+            changes[key] = _parse_setting(text.strip(), current[key], f"--set {setting!r}")
+        return replace(self, **changes)
+
+
+def _parse_setting(text: str, current, where: str):
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+        if isinstance(current, tuple):
+            kind = type(current[0]) if current else int
+            return tuple(kind(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise FsbenchError(f"{where}: {text!r} is not a {type(current).__name__} like the setting's default {current!r}") from None
+    return text
+
 
 class Method(ABC):
-    """A few-shot segmentation method: holds its nn.Modules, predicts episodes, trains.
+    """A few-shot segmentation method: holds its nn.Modules, predicts episodes, declares its training.
 
-    Subclasses set ``Config`` and implement ``modules`` and ``predict``; episodic methods implement
-    ``train_step``, and methods that train on plain image batches override ``fit``.
+    Subclasses set ``Config`` and implement ``modules``, ``predict`` and ``training_stages`` (what to
+    optimise, with which loss, optimiser and schedule, as data); fsbench.engine runs the loops.
+    ``valid_size`` states which input sizes the network takes; the engine pads to it and crops back.
     """
 
     Config: ClassVar[type[MethodConfig]] = MethodConfig
@@ -56,6 +95,15 @@ class Method(ABC):
     # False when training never sees episodes (plain base-class image batches), so way, shot and
     # task do not change the trained weights and one checkpoint serves every setting.
     trains_on_episodes: ClassVar[bool] = True
+    # True when prediction splits into encode(images) -> per-image features [B, ...] (a tensor or a
+    # list of per-level tensors) and predict_encoded(episode, support_features [N*K, ...],
+    # query_features [Q, ...]): the evaluator then encodes the images of several episodes in one
+    # forward pass and never encodes an image twice (fsbench.engine.batched).
+    encodes_images: ClassVar[bool] = False
+    # True when the method can learn from class tags only (--weak): its training_stages(context)
+    # with context.weak gives a loss on the query's class presence (iFSL's classification objective),
+    # and it predicts from supports whose masks carry no pixel labels.
+    supports_weak: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig, device: torch.device | str = "cpu"):
         self.config = config
@@ -74,15 +122,19 @@ class Method(ABC):
         Returns fg_probs [Q, N, H, W] at the query images' resolution and presence [Q, N].
         """
 
-    def train_step(self, episode: Episode) -> dict[str, float]:
-        """One optimisation step on one training episode; returns scalars to log (e.g. {"loss": ...})."""
-        raise FsbenchError(f"method {self.registry_name!r} does not train on episodes")
+    def predict_by_encoding(self, episode: Episode) -> Prediction:
+        """predict() of a method with encodes_images: encode supports and queries, then predict_encoded."""
+        support_features = self.encode(episode.support_images.flatten(0, 1))
+        return self.predict_encoded(episode, support_features, self.encode(episode.query_images))
 
-    def fit(self, benchmark, settings) -> None:
-        """Train on ``benchmark``'s base classes; the default is the episodic loop over train_step."""
-        from fsbench.train import train_episodic
+    @abstractmethod
+    def training_stages(self, context: TrainingContext) -> list[TrainingStage]:
+        """The method's training, as stages the engine runs (fsbench.engine.plan); ``context.steps``
+        is the whole budget in optimiser updates."""
 
-        train_episodic(self, benchmark, settings)
+    def valid_size(self, height: int, width: int) -> tuple[int, int]:
+        """The smallest input size >= (height, width) the network takes (default: any size)."""
+        return height, width
 
     # --- shared plumbing --------------------------------------------------------------------------
     def train(self, mode: bool = True) -> "Method":

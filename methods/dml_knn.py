@@ -10,7 +10,6 @@ learning rate), so they actually train.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -18,11 +17,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsbench.backbones import load_imagenet_weights
+from fsbench.engine.plan import Optimiser, ParameterGroup, Schedule, StepContext, TrainingContext, TrainingStage
 from fsbench.episode import IGNORE_INDEX, Episode, Prediction
+from fsbench.errors import FsbenchError
 from fsbench.losses import proxy_anchor_loss
 from fsbench.registry import METHODS
-from fsbench.train import BaseClassImages, TrainSettings, train_supervised
-from methods.base import Method, MethodConfig
+from methods.base import Method, MethodConfig, round_up
+from methods.dml_original import OriginalEmbeddingNetwork, predict_original
+
+
+KNN_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -52,6 +56,15 @@ class DMLKNNConfig(MethodConfig):
     knn_chunk_size: int = 4096
     # kNN on every knn_stride-th query pixel, probabilities upsampled bilinearly (1 = every pixel).
     knn_stride: int = 1
+    # The similarity matmul's precision: "fp32", or "bf16" / "fp16" (faster where the device has
+    # fast half-precision matmuls; neighbours may change at near-ties, see fsbench.perf knn-options).
+    knn_precision: str = "fp32"
+    # rootvisionai/dml_segmentation's own checkpoints (methods/dml_original.py): "original" =
+    # its network (UNet++ + ReLU-BN-Conv head), its kNN rules, its preprocessing for predict.
+    architecture: str = "fsbench"
+    knn_rules: str = "fsbench"
+    knn_threshold: float = 0.95  # the original rules' cosine floor and foreground share
+    preprocessing: str = "hsnet"  # fsbench.preprocessing profile that predict uses
 
     QUICK = {
         "backbone": "resnet18",
@@ -85,18 +98,28 @@ class ProxyBank(nn.Module):
 class DMLKNN(Method):
     Config = DMLKNNConfig
     trains_on_episodes = False  # supervised pixel batches of the base classes
+    encodes_images = True
 
     def __init__(self, config: DMLKNNConfig, device: torch.device | str = "cpu"):
         super().__init__(config, device)
         import segmentation_models_pytorch as smp
 
-        self.network = smp.UnetPlusPlus(
-            encoder_name=config.backbone,
-            encoder_weights=None,
-            decoder_channels=tuple(config.decoder_channels),
-            classes=config.embedding_dim,
-            activation=None,
-        )
+        if config.knn_precision not in KNN_PRECISIONS:
+            raise FsbenchError(f"unknown knn_precision {config.knn_precision!r} for dml_knn; available: {', '.join(KNN_PRECISIONS)}")
+
+        # The original repo's kNN rules work on the whole episode (methods/dml_original.py), not on
+        # per-image encodings.
+        self.encodes_images = config.knn_rules != "original"
+        if config.architecture == "original":
+            self.network = OriginalEmbeddingNetwork(config.backbone, config.embedding_dim, tuple(config.decoder_channels))
+        else:
+            self.network = smp.UnetPlusPlus(
+                encoder_name=config.backbone,
+                encoder_weights=None,
+                decoder_channels=tuple(config.decoder_channels),
+                classes=config.embedding_dim,
+                activation=None,
+            )
         if config.pretrained:
             load_imagenet_weights(self.network.encoder, config.backbone)
         self.proxies = ProxyBank(config.embedding_dim)
@@ -114,54 +137,55 @@ class DMLKNN(Method):
         """[B, 3, H, W] -> [B, D, H, W] L2-normalised pixel embeddings."""
         return F.normalize(self.network(images), dim=1)
 
+    def valid_size(self, height: int, width: int) -> tuple[int, int]:
+        # UNet++'s five poolings need sides divisible by 32 (smp refuses anything else).
+        return round_up(height, 32), round_up(width, 32)
+
     # --- training -----------------------------------------------------------------------------
-    def fit(self, benchmark, settings: TrainSettings) -> None:
-        if settings.steps <= 0:
-            return
-        dataset = BaseClassImages(benchmark, settings.transform, seed=settings.seed)
-        self.proxies.resize(dataset.num_classes)
-        self.proxies.to(self.device)
-        self._initialise_proxies(dataset, settings)
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": self.network.parameters(), "lr": self.config.lr},
-                {"params": self.proxies.parameters(), "lr": self.config.lr * self.config.proxy_lr_multiplier},
-            ],
-            weight_decay=1e-4,
-        )
-        # Cosine decay to 0 over the budget: on shapes (fold 0) 1500 steps reach about the 2-way
-        # ER of 3000 steps at a constant rate.
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda done: 0.5 * (1 + math.cos(math.pi * done / settings.steps))
-        )
-        generator = torch.Generator().manual_seed(settings.seed)
+    def training_stages(self, context: TrainingContext) -> list[TrainingStage]:
+        """One stage: Proxy-Anchor on class-balanced pixel samples of base-class image batches.
+        AdamW (weight decay 1e-4), proxies at proxy_lr_multiplier x the lr, cosine decay to 0 over the
+        budget (on shapes fold 0, 1500 steps reach about the 2-way ER of 3000 at a constant rate),
+        gradient norm of the network clipped at 10."""
+        config = self.config
 
-        def step(images: Tensor, labels: Tensor) -> dict[str, float]:
-            embeddings = self.network(images)
-            sampled, sampled_labels = sample_pixels(embeddings, labels, self.config.pixels_per_image, generator)
-            loss = proxy_anchor_loss(sampled, sampled_labels, self.proxies.weight, self.config.alpha, self.config.delta)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 10.0)
-            optimizer.step()
-            schedule.step()
-            return {"loss": loss.item(), "lr": optimizer.param_groups[0]["lr"]}
+        def initialise() -> None:
+            self.proxies.resize(context.num_labels)
+            self._initialise_proxies(context)
 
-        train_supervised(self, dataset, settings, step)
+        return [
+            TrainingStage(
+                name="train",
+                steps=context.steps,
+                data="images",
+                batch_size=config.batch_size,
+                optimiser=Optimiser("adamw", lr=config.lr, weight_decay=1e-4),
+                schedule=Schedule("cosine"),
+                parameter_groups=lambda: [
+                    ParameterGroup("network", list(self.network.parameters())),
+                    ParameterGroup("proxies", list(self.proxies.parameters()), lr_multiplier=config.proxy_lr_multiplier, clip=False),
+                ],
+                loss=self.metric_loss,
+                initialise=initialise,
+                clip_grad_norm=10.0,
+            )
+        ]
+
+    def metric_loss(self, batch: tuple[Tensor, Tensor], context: StepContext) -> dict[str, Tensor]:
+        """Proxy-Anchor loss of a batch: images [B, 3, H, W], training labels [B, H, W]."""
+        images, labels = batch
+        sampled, sampled_labels = sample_pixels(self.network(images), labels, self.config.pixels_per_image, context.generator)
+        return {"loss": proxy_anchor_loss(sampled, sampled_labels, self.proxies.weight, self.config.alpha, self.config.delta)}
 
     @torch.no_grad()
-    def _initialise_proxies(self, dataset: BaseClassImages, settings: TrainSettings) -> None:
-        """Proxy c = normalised sum of sampled embeddings of class c from a few batches; a class not
-        seen in those batches gets a random unit vector."""
-        generator = torch.Generator().manual_seed(settings.seed + 1)
+    def _initialise_proxies(self, context: TrainingContext) -> None:
+        """Proxy c = normalised sum of sampled embeddings of label c over a few batches of training
+        images; a label not seen in those batches gets a random unit vector."""
+        generator = torch.Generator().manual_seed(context.seed + 1)
         sums = torch.zeros_like(self.proxies.weight)
-        order = torch.randperm(len(dataset), generator=generator)
-        count = min(len(dataset), self.config.proxy_init_batches * settings.batch_size)
         self.network.eval()
-        for start in range(0, count, settings.batch_size):
-            batch = [dataset[int(index)] for index in order[start : start + settings.batch_size]]
-            images = torch.stack([image for image, _ in batch]).to(self.device)
-            labels = torch.stack([label for _, label in batch]).to(self.device)
+        count = self.config.proxy_init_batches * self.config.batch_size
+        for images, labels in context.image_batches(count, self.config.batch_size, context.seed + 1):
             embeddings, sampled_labels = sample_pixels(self.embed(images), labels, self.config.pixels_per_image, generator)
             sums.index_add_(0, sampled_labels, embeddings)
         unseen = sums.norm(dim=1) == 0
@@ -171,29 +195,42 @@ class DMLKNN(Method):
     # --- inference ----------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, episode: Episode) -> Prediction:
+        if self.config.knn_rules == "original":
+            return predict_original(self, episode)
+        return self.predict_by_encoding(episode)
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """[B, 3, H, W] -> [B, D, H, W] unit pixel embeddings."""
+        return self.embed(images)
+
+    @torch.no_grad()
+    def predict_encoded(self, episode: Episode, support_features: Tensor, query_features: Tensor) -> Prediction:
+        """kNN of every query pixel among the support's reference pixels.
+
+        support_features: [N*K, D, H, W]; query_features: [Q, D, H, W] (from encode).
+        """
         height, width = episode.query_images.shape[-2:]
         # Reference subsets are drawn from a generator seeded by the episode: same episode, same answer.
         generator = torch.Generator().manual_seed(int(episode.index))
-        # One way's shots are embedded at a time and reduced to their reference pixels at once, so
-        # full-resolution support embeddings never pile up (5-shot 400x400 512-d would be 1.6 GB).
+        support_features = support_features.unflatten(0, (episode.way, episode.shot))
         references = [
-            self._reference_set(self.embed(episode.support_images[way]), episode.support_masks[way], generator)
-            for way in range(episode.way)
+            self._reference_set(support_features[way].float(), episode.support_masks[way], generator) for way in range(episode.way)
         ]
         # One kNN over every way's references, labelled 0 = background, n = way n: the ways compete
         # for each query pixel, so an object that looks like one way's support does not also count
         # as present for the others.
         reference_pixels = torch.cat([pixels for pixels, _ in references])
         reference_labels = torch.cat([labels * (way + 1) for way, (_, labels) in enumerate(references)])
-        query = self.embed(episode.query_images)  # [Q, D, H, W]
         stride = self.config.knn_stride
-        query_grid = query[:, :, ::stride, ::stride]
+        query_grid = query_features[:, :, ::stride, ::stride].float()
         grid_size = query_grid.shape[-2:]
-        query_pixels = query_grid.permute(0, 2, 3, 1).reshape(-1, query.shape[1])  # [Q*h*w, D]
+        query_pixels = query_grid.permute(0, 2, 3, 1).reshape(-1, query_grid.shape[1])  # [Q*h*w, D]
+        dtype = KNN_PRECISIONS[self.config.knn_precision]
         shares = knn_label_shares(
-            query_pixels, reference_pixels, reference_labels, episode.way + 1, self.config.k, self.config.knn_chunk_size
-        )
-        fg_probs = shares[:, 1:].reshape(query.shape[0], *grid_size, episode.way).permute(0, 3, 1, 2)
+            query_pixels.to(dtype), reference_pixels.to(dtype), reference_labels, episode.way + 1, self.config.k, self.config.knn_chunk_size
+        ).float()
+        fg_probs = shares[:, 1:].reshape(query_grid.shape[0], *grid_size, episode.way).permute(0, 3, 1, 2)
         if stride > 1:
             fg_probs = F.interpolate(fg_probs, size=(height, width), mode="bilinear", align_corners=False).clamp(0, 1)
         return Prediction.from_probabilities(fg_probs.contiguous())

@@ -12,7 +12,8 @@ segmentation with a U-Net (Ronneberger, Fischer, Brox, MICCAI 2015; here smp's R
 
 N-way: each way gets its own base learner, adapted on that way's support masks from the shared
 initialisation; way n's foreground probability is its learner's softmax foreground share and its
-presence score the largest such share over the query's pixels.
+presence score the largest such share over the query's pixels; the background is the mean over ways
+of the learners' background log-probabilities (iFSL's merge).
 
 train_steps is the whole budget: the first ``pretrain_share`` of it pre-trains (batches of
 ``batch_size`` images), the rest meta-trains (one episode per step).
@@ -20,18 +21,18 @@ train_steps is the whole budget: the first ``pretrain_share`` of it pre-trains (
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsbench.backbones import load_imagenet_weights
+from fsbench.engine.plan import Optimiser, ParameterGroup, StepContext, TrainingContext, TrainingStage
 from fsbench.episode import IGNORE_INDEX, Episode, Prediction
 from fsbench.losses import segmentation_loss
 from fsbench.registry import METHODS
-from fsbench.train import BaseClassImages, TrainSettings, train_episodic, train_supervised
-from methods.base import Method, MethodConfig
+from methods.base import Method, MethodConfig, round_up
 from methods.scale_shift import ScaleShift
 
 
@@ -73,13 +74,6 @@ class BaseLearner(nn.Module):
         self.bias = nn.Parameter(conv.bias.detach().clone())
 
 
-def pad_to_multiple(images: Tensor, multiple: int = 32) -> Tensor:
-    """Zero-pad [B, 3, H, W] at the bottom/right to sizes divisible by ``multiple`` (a U-Net's five
-    poolings need it, e.g. at HSNet's 400x400); callers crop the output back to H x W."""
-    height, width = images.shape[-2:]
-    return F.pad(images, (0, -width % multiple, 0, -height % multiple))
-
-
 def base_learner_logits(features: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """[B, C, H, W] decoder features -> [B, 2, H, W] logits of a learner (weight, bias)."""
     return F.conv2d(features, weight, bias, padding=weight.shape[-1] // 2)
@@ -88,6 +82,7 @@ def base_learner_logits(features: Tensor, weight: Tensor, bias: Tensor) -> Tenso
 @METHODS.register("mtl_unet")
 class MTLUNet(Method):
     Config = MTLUNetConfig
+    encodes_images = True
 
     def __init__(self, config: MTLUNetConfig, device: torch.device | str = "cpu"):
         super().__init__(config, device)
@@ -108,7 +103,6 @@ class MTLUNet(Method):
         self._resize_pretraining_head(2)
         self.scale_shift = ScaleShift(self.network, prefixes=("encoder.", "decoder."))
         self.base_learner = BaseLearner(config.decoder_channels[-1], config.base_learner_kernel)
-        self.meta_optimizer: torch.optim.Optimizer | None = None
         self.to(self.device)
 
     def modules(self) -> dict[str, nn.Module]:
@@ -119,6 +113,10 @@ class MTLUNet(Method):
         if key in state:
             self._resize_pretraining_head(state[key].shape[0])
         super().load_state_dict(state)
+
+    def valid_size(self, height: int, width: int) -> tuple[int, int]:
+        # The U-Net's five poolings need sides divisible by 32 (e.g. HSNet's 400 -> 416).
+        return round_up(height, 32), round_up(width, 32)
 
     def _resize_pretraining_head(self, classes: int) -> None:
         from segmentation_models_pytorch.base import SegmentationHead
@@ -132,10 +130,8 @@ class MTLUNet(Method):
     # --- the meta model ---------------------------------------------------------------------------
     def meta_features(self, images: Tensor) -> Tensor:
         """[B, 3, H, W] -> [B, C, H, W] decoder output of the frozen U-Net under scaling and shifting."""
-        height, width = images.shape[-2:]
         with self.scale_shift.applied(self.network):
-            features = self.network.decoder(self.network.encoder(pad_to_multiple(images)))
-        return features[..., :height, :width]
+            return self.network.decoder(self.network.encoder(images))
 
     def adapt(self, features: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
         """The inner loop: ``inner_steps`` of gradient descent on the support from the initialisation.
@@ -178,33 +174,54 @@ class MTLUNet(Method):
         return [self.adapt(features[way_index], support_masks[way_index]) for way_index in range(way)]
 
     # --- training ---------------------------------------------------------------------------------
-    def fit(self, benchmark, settings: TrainSettings) -> None:
-        if settings.steps <= 0:
-            return
-        pretrain_steps = min(settings.steps, math.ceil(settings.steps * self.config.pretrain_share))
-        if pretrain_steps > 0:
-            self.pretrain(benchmark, replace(settings, steps=pretrain_steps))
-        meta_steps = settings.steps - pretrain_steps
-        if meta_steps > 0:
-            self.start_meta_training()
-            train_episodic(self, benchmark, replace(settings, steps=meta_steps))
+    def training_stages(self, context: TrainingContext) -> list[TrainingStage]:
+        """Pre-training (the first pretrain_share of the budget: dense base-class segmentation, every
+        U-Net weight, Adam at pretrain_lr), then meta-transfer learning (one episode per update: the
+        frozen U-Net's scales and shifts and the base learner's initialisation, Adam at lr)."""
+        config = self.config
+        pretrain_steps = min(context.steps, math.ceil(context.steps * config.pretrain_share))
 
-    def pretrain(self, benchmark, settings: TrainSettings) -> None:
-        """Dense base-class segmentation: every U-Net weight trains, with the configured loss."""
-        dataset = BaseClassImages(benchmark, settings.transform, seed=settings.seed)
-        self._resize_pretraining_head(dataset.num_classes)
-        self.network.requires_grad_(True)
-        optimizer = torch.optim.Adam(self.network.parameters(), lr=self.config.pretrain_lr)
+        def enter_pretraining() -> None:
+            self._resize_pretraining_head(context.num_labels)
+            self.network.requires_grad_(True)
 
-        def step(images: Tensor, labels: Tensor) -> dict[str, float]:
-            logits = self.network(pad_to_multiple(images))[..., : images.shape[-2], : images.shape[-1]]
-            loss = self.loss_function(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            return {"pretrain_loss": loss.item()}
+        def enter_meta_training() -> None:
+            # Only scales, shifts and the base learner's initialisation are meta-trained.
+            self.network.requires_grad_(False)
 
-        train_supervised(self, dataset, settings, step)
+        return [
+            TrainingStage(
+                name="pretrain",
+                steps=pretrain_steps,
+                data="images",
+                batch_size=config.batch_size,
+                optimiser=Optimiser("adam", lr=config.pretrain_lr),
+                parameter_groups=lambda: [ParameterGroup("network", list(self.network.parameters()))],
+                loss=self.pretraining_loss,
+                enter=enter_pretraining,
+            ),
+            TrainingStage(
+                name="meta",
+                steps=context.steps - pretrain_steps,
+                data="episodes",
+                batch_size=1,
+                optimiser=Optimiser("adam", lr=config.lr),
+                parameter_groups=lambda: [
+                    ParameterGroup("scale_shift", list(self.scale_shift.parameters())),
+                    ParameterGroup("base_learner", list(self.base_learner.parameters())),
+                ],
+                loss=lambda episode, step: {"loss": self.meta_loss(episode)},
+                initialise=self.start_meta_training,
+                enter=enter_meta_training,
+                # Frozen: batch-norm statistics stay the pre-trained ones.
+                eval_modules=("network",),
+            ),
+        ]
+
+    def pretraining_loss(self, batch: tuple[Tensor, Tensor], context: StepContext) -> dict[str, Tensor]:
+        """Dense segmentation loss of images [B, 3, H, W] against training labels [B, H, W]."""
+        images, labels = batch
+        return {"loss": self.loss_function(self.network(images), labels)}
 
     @torch.no_grad()
     def start_meta_training(self) -> None:
@@ -217,17 +234,9 @@ class MTLUNet(Method):
         self.base_learner.weight[1] = head.weight[1:].mean(dim=0)
         self.base_learner.bias[0] = head.bias[0]
         self.base_learner.bias[1] = head.bias[1:].mean()
-        self._make_meta_optimizer()
-
-    def _make_meta_optimizer(self) -> None:
-        # Only scales, shifts and the base learner's initialisation are meta-trained.
-        self.network.requires_grad_(False)
-        parameters = list(self.scale_shift.parameters()) + list(self.base_learner.parameters())
-        self.meta_optimizer = torch.optim.Adam(parameters, lr=self.config.lr)
 
     def meta_loss(self, episode: Episode) -> Tensor:
         """First-order MTL loss of one episode: adapt per way on its support, score on the query."""
-        self.network.eval()  # frozen: batch-norm statistics stay the pre-trained ones
         learners = self.adapted_learners(episode.support_images, episode.support_masks)
         query_features = self.meta_features(episode.query_images)
         total = query_features.new_zeros(())
@@ -241,24 +250,26 @@ class MTLUNet(Method):
             total = total + self.loss_function(base_learner_logits(query_features, weight, bias), labels)
         return total / len(learners)
 
-    def train_step(self, episode: Episode) -> dict[str, float]:
-        if self.meta_optimizer is None:  # e.g. continuing from a checkpoint: keep its meta state
-            self._make_meta_optimizer()
-        loss = self.meta_loss(episode)
-        self.meta_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.meta_optimizer.step()
-        return {"meta_loss": loss.item()}
-
     # --- inference --------------------------------------------------------------------------------
     def predict(self, episode: Episode) -> Prediction:
+        return self.predict_by_encoding(episode)
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """[B, 3, H, W] -> [B, C, H, W] decoder features of the frozen U-Net under scaling and shifting."""
+        return self.meta_features(images)
+
+    def predict_encoded(self, episode: Episode, support_features: Tensor, query_features: Tensor) -> Prediction:
         # The evaluator runs under inference_mode; the inner loop needs autograd, so leave it here
         # and work on ordinary copies of the inputs.
         with torch.inference_mode(False), torch.no_grad():
-            learners = self.adapted_learners(episode.support_images.clone(), episode.support_masks)
-            query_features = self.meta_features(episode.query_images.clone())
-            probabilities = [
-                base_learner_logits(query_features, weight, bias).softmax(dim=1)[:, 1] for weight, bias in learners
-            ]
-            fg_probs = torch.stack(probabilities, dim=1)  # [Q, N, H, W]
-        return Prediction.from_probabilities(fg_probs)
+            support_features = support_features.float().clone().unflatten(0, (episode.way, episode.shot))
+            masks = episode.support_masks.clone()
+            learners = [self.adapt(support_features[way], masks[way]) for way in range(episode.way)]
+            query_features = query_features.float().clone()
+            log_probs = torch.stack(
+                [base_learner_logits(query_features, weight, bias).log_softmax(dim=1) for weight, bias in learners], dim=1
+            )  # [Q, N, 2, H, W]
+        # One binary learner per way: background is merged as iFSL merges its per-way maps, the
+        # mean over ways of the background log-probabilities.
+        return Prediction.from_probabilities(log_probs[:, :, 1].exp(), bg_probs=log_probs[:, :, 0].mean(dim=1).exp())

@@ -19,11 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from fsbench.backbones import FeatureExtractor
+from fsbench.engine.plan import Optimiser, ParameterGroup, Schedule, StepContext, TrainingContext, TrainingStage
 from fsbench.episode import Episode, Prediction
 from fsbench.errors import FsbenchError
 from fsbench.losses import segmentation_loss
 from fsbench.registry import METHODS
-from fsbench.train import TrainSettings, train_episodic
 from methods.base import Method, MethodConfig
 from methods.prototypes import POOLING_EPSILON, cosine_logits, masked_average_pool, pooling_weights
 
@@ -37,7 +37,7 @@ class PANetConfig(MethodConfig):
     backbone: str = "vgg16"
     pretrained: bool = True
     lr: float = 1e-3
-    # Episodes per optimiser step (gradients are accumulated); train_steps counts episodes.
+    # Episodes per optimiser step (gradients are accumulated); train_steps counts optimiser steps.
     batch_size: int = 1
     train_steps: int = 30000
     optimizer: str = "sgd"
@@ -63,6 +63,7 @@ class PANetConfig(MethodConfig):
 @METHODS.register("panet")
 class PANet(Method):
     Config = PANetConfig
+    encodes_images = True
 
     def __init__(self, config: PANetConfig, device: torch.device | str = "cpu"):
         super().__init__(config, device)
@@ -70,9 +71,6 @@ class PANet(Method):
             raise FsbenchError(f"unknown optimizer {config.optimizer!r} for panet; available: {', '.join(OPTIMIZERS)}")
         self.loss_function = segmentation_loss(config.loss)
         self.encoder = FeatureExtractor(config.backbone, config.pretrained)
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-        self.accumulated = 0
         self.to(self.device)
 
     def modules(self) -> dict[str, nn.Module]:
@@ -86,15 +84,17 @@ class PANet(Method):
             query_logits [Q, 1+N, H, W] (channel 0 = background), support_features [N, K, C, h, w],
             query_features [Q, C, h, w], background_prototype [C].
         """
+        # Supports and queries in one forward: in training, batch-norm statistics span both, as in PANet.
+        features = self.encoder(torch.cat([episode.support_images.flatten(0, 1), episode.query_images]))
+        support_count = episode.way * episode.shot
+        return self.segment_features(episode, features[:support_count], features[support_count:])
+
+    def segment_features(self, episode: Episode, support_features: Tensor, query_features: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """segment() from encoded images: support_features [N*K, C, h, w], query_features [Q, C, h, w]."""
         way, shot = episode.way, episode.shot
         size = tuple(episode.query_images.shape[-2:])
-        images = torch.cat([episode.support_images.flatten(0, 1), episode.query_images])
-        features = self.encoder(images)
-        support_features = features[: way * shot]
-        query_features = features[way * shot :]
-
         masks = episode.support_masks.flatten(0, 1)  # [N*K, H, W]
-        masks = torch.stack([masks == 0, masks == 1], dim=1).to(features.dtype)  # ignore is in neither
+        masks = torch.stack([masks == 0, masks == 1], dim=1).to(support_features.dtype)  # ignore is in neither
         pooled = masked_average_pool(support_features, masks).view(way, shot, 2, -1)
         background_prototype = pooled[:, :, 0].mean(dim=(0, 1))  # [C]
         foreground_prototypes = pooled[:, :, 1].mean(dim=1)  # [N, C]
@@ -126,33 +126,28 @@ class PANet(Method):
         return total / way
 
     # --- training -----------------------------------------------------------------------------
-    def fit(self, benchmark, settings: TrainSettings) -> None:
-        self._make_optimizer(total_steps=settings.steps)
-        train_episodic(self, benchmark, settings)
-        if self.accumulated:  # a last partial batch of episodes still updates the model
-            self._optimizer_step()
-
-    def _make_optimizer(self, total_steps: int | None) -> None:
-        parameters = [parameter for parameter in self.encoder.parameters() if parameter.requires_grad]
-        if self.config.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(
-                parameters, lr=self.config.lr, momentum=self.config.momentum, weight_decay=self.config.weight_decay
+    def training_stages(self, context: TrainingContext) -> list[TrainingStage]:
+        """Episodic training: segmentation loss on the query plus PAR, batch_size episodes per update,
+        the lr divided by 1 / lr_decay after each third of the budget."""
+        config = self.config
+        return [
+            TrainingStage(
+                name="train",
+                steps=context.steps,
+                data="episodes",
+                batch_size=config.batch_size,
+                optimiser=Optimiser(config.optimizer, lr=config.lr, weight_decay=config.weight_decay, momentum=config.momentum),
+                schedule=Schedule("step", milestones=(1 / 3, 2 / 3), gamma=config.lr_decay),
+                parameter_groups=lambda: [
+                    ParameterGroup("encoder", [parameter for parameter in self.encoder.parameters() if parameter.requires_grad])
+                ],
+                loss=self.episode_loss,
             )
-        else:
-            self.optimizer = torch.optim.Adam(parameters, lr=self.config.lr, weight_decay=self.config.weight_decay)
-        self.scheduler = None
-        updates = (total_steps or 0) // max(self.config.batch_size, 1)
-        if updates >= 3:
-            milestones = [updates // 3, 2 * updates // 3]
-            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones, gamma=self.config.lr_decay)
-        self.accumulated = 0
+        ]
 
-    def _optimizer_step(self) -> None:
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scheduler is not None:
-            self.scheduler.step()
-        self.accumulated = 0
+    def episode_loss(self, episode: Episode, context: StepContext) -> dict[str, Tensor]:
+        losses = self.training_losses(episode)
+        return {"loss": losses["total"], "alignment": losses["alignment"].detach()}
 
     def training_losses(self, episode: Episode) -> dict[str, Tensor]:
         """{"segmentation", "alignment", "total"} of one training episode (query masks are read)."""
@@ -162,19 +157,18 @@ class PANet(Method):
         total = segmentation + self.config.alignment_weight * alignment
         return {"segmentation": segmentation, "alignment": alignment, "total": total}
 
-    def train_step(self, episode: Episode) -> dict[str, float]:
-        if self.optimizer is None:
-            self._make_optimizer(total_steps=None)
-        losses = self.training_losses(episode)
-        (losses["total"] / max(self.config.batch_size, 1)).backward()
-        self.accumulated += 1
-        if self.accumulated >= self.config.batch_size:
-            self._optimizer_step()
-        return {"loss": losses["total"].item(), "alignment": losses["alignment"].item()}
-
     # --- inference ----------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, episode: Episode) -> Prediction:
-        query_logits = self.segment(episode)[0]
-        fg_probs = query_logits.softmax(dim=1)[:, 1:]
-        return Prediction.from_probabilities(fg_probs.contiguous())
+        return self.predict_by_encoding(episode)
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """[B, 3, H, W] -> [B, C, H/8, W/8] encoder features."""
+        return self.encoder(images)
+
+    @torch.no_grad()
+    def predict_encoded(self, episode: Episode, support_features: Tensor, query_features: Tensor) -> Prediction:
+        query_logits = self.segment_features(episode, support_features.float(), query_features.float())[0]
+        probabilities = query_logits.softmax(dim=1)
+        return Prediction.from_probabilities(probabilities[:, 1:].contiguous(), bg_probs=probabilities[:, 0])

@@ -45,7 +45,18 @@ def test_missing_weights_say_where_to_put_them(tmp_path, monkeypatch):
     monkeypatch.setenv("FSBENCH_WEIGHTS", str(tmp_path))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr("fsbench.backbones.PROJECT_ROOT", tmp_path)  # a user's data/weights must not count
-    with pytest.raises(FsbenchError, match=IMAGENET_WEIGHT_FILES["resnet50"]):
+    with pytest.raises(FsbenchError, match=IMAGENET_WEIGHT_FILES["resnet50"]) as error:
         FeatureExtractor("resnet50", pretrained=True)
+    # Every place searched, by its full path: $FSBENCH_WEIGHTS, <project>/data/weights, the hub cache.
+    message = str(error.value)
+    for place in (tmp_path, tmp_path / "data" / "weights", tmp_path / "torch" / "hub" / "checkpoints"):
+        assert f"{place}," in message or f"{place};" in message, place
+    assert "\n" not in message
+    monkeypatch.delenv("FSBENCH_WEIGHTS")
+    with pytest.raises(FsbenchError) as error:
+        FeatureExtractor("resnet50", pretrained=True)
+    message = str(error.value)
+    assert f"{tmp_path / 'data' / 'weights'}, {tmp_path / 'torch' / 'hub' / 'checkpoints'};" in message
+    assert "$FSBENCH_WEIGHTS" in message and f"{tmp_path}," not in message
     with pytest.raises(FsbenchError, match="available: resnet18"):
         FeatureExtractor("mobilenet", pretrained=False)

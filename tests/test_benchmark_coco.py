@@ -14,8 +14,8 @@ from pycocotools.coco import COCO
 from benchmarks import coco_index
 from benchmarks.base import BenchmarkOptions
 from benchmarks.coco import Coco
-from benchmarks.coco_annotations import annotation_rle
-from benchmarks.fake_datasets import COCO_CATEGORY_IDS, make_coco2014
+from fsbench.coco_annotations import annotation_rle
+from fsbench.fixtures import COCO_CATEGORY_IDS, make_coco2014
 from fsbench.errors import FsbenchError
 from fsbench.sampler import EpisodeSampler
 from pycocotools import mask as mask_utils

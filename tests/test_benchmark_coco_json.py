@@ -12,7 +12,7 @@ from pycocotools import mask as mask_utils
 
 from benchmarks.base import BenchmarkOptions
 from benchmarks.coco_json import CocoJson
-from benchmarks.fake_datasets import make_custom
+from fsbench.fixtures import make_custom, make_labelme
 from fsbench.errors import FsbenchError
 from fsbench.sampler import EpisodeSampler
 
@@ -100,8 +100,8 @@ def test_bad_json_inputs(tmp_path, layout, file, mutate, message):
     assert "\n" not in str(caught.value)
 
 
-def test_category_ids_with_gaps_are_refused(tmp_path):
-    make_custom(tmp_path, "unified", per_split=4)
+def test_category_ids_with_gaps_are_remapped_with_names(tmp_path):
+    coco = make_custom(tmp_path, "unified", per_split=4)
     for split in ("train", "val"):
         def double(data):
             for record in data["categories"]:
@@ -109,8 +109,64 @@ def test_category_ids_with_gaps_are_refused(tmp_path):
             for record in data["annotations"]:
                 record["category_id"] *= 2
         _rewrite(tmp_path / split / "annotations.json", double)
-    with pytest.raises(FsbenchError, match=r"train/annotations.json: category ids must be 1..6 without gaps .*\[2, 4, 6, 8, 10, 12\]"):
+    benchmark = CocoJson(tmp_path, 0, BenchmarkOptions(folds=2))
+    # ids 2, 4, .., 12 become 1..6 in order; the names stay with their categories
+    assert benchmark.class_names == {number: f"thing {number}" for number in range(1, 7)}
+    image = coco["val"]["images"][0]
+    key = next(key for key in benchmark.splits["test"].records if key.endswith(image["file_name"]))
+    _, label = benchmark.load(key, "test")
+    own = [a for a in coco["val"]["annotations"] if a["image_id"] == image["id"]]
+    assert torch.equal(label, torch.from_numpy(_reference(own, image["height"], image["width"])))
+
+
+def test_labelme_files_in_the_per_image_layout_with_eval_folder(tmp_path):
+    expected = make_labelme(tmp_path, val_folder="eval")
+    benchmark = CocoJson(tmp_path, 0, BenchmarkOptions(folds=3))
+    assert benchmark.describe()["layout"] == "separate_json"
+    assert benchmark.class_names == {1: "bird", 2: "cat", 3: "dog"}  # LabelMe labels numbered by name
+    for stem, label_map in expected["eval"].items():
+        _, label = benchmark.load(f"eval/{stem}.jpg", "test")
+        assert torch.equal(label, torch.from_numpy(label_map)), stem
+    # A COCO file beside LabelMe files is read by its own format, and a label named as a COCO
+    # category joins it.
+    coco_dir = tmp_path / "mixed"
+    make_labelme(coco_dir, per_split=3)
+    (coco_dir / "train" / "train_0000.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "train_0000.jpg", "height": 48, "width": 64}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "segmentation": [[2, 2, 20, 2, 20, 20, 2, 20]], "iscrowd": 0}],
+        "categories": [{"id": 7, "name": "dog"}],
+    }))
+    mixed = CocoJson(coco_dir, 0, BenchmarkOptions(folds=3))
+    assert mixed.class_names == {1: "dog", 2: "bird", 3: "cat"}
+
+
+def test_colour_masks_of_the_separate_layout(tmp_path):
+    make_custom(tmp_path, "separate", categories=2, per_split=4)
+    colours = {1: (255, 0, 0), 2: (0, 255, 0)}
+    for mask_path in tmp_path.glob("*/masks/*.png"):
+        values = np.array(Image.open(mask_path))
+        rgb = np.zeros(values.shape + (3,), dtype=np.uint8)
+        for value, colour in colours.items():
+            rgb[values == value] = colour
+        rgb[0, 0] = (9, 9, 9)  # an anti-aliased stray colour: ignore
+        Image.fromarray(rgb).save(mask_path)
+    (tmp_path / "label_map.json").write_text(json.dumps({"background": [0, 0, 0], "thing 1": [255, 0, 0], "thing 2": [0, 255, 0]}))
+    benchmark = CocoJson(tmp_path, 0, BenchmarkOptions(folds=2))
+    assert benchmark.class_names == {1: "thing 1", 2: "thing 2"}
+    mask_path = sorted(tmp_path.glob("val/masks/*.png"))[0]
+    _, label = benchmark.load(f"val/images/{mask_path.stem}.jpg", "test")
+    rgb = np.array(Image.open(mask_path))
+    expected = np.where((rgb == (255, 0, 0)).all(-1), 1, np.where((rgb == (0, 255, 0)).all(-1), 2, 0))
+    expected[0, 0] = 255
+    assert torch.equal(label, torch.from_numpy(expected))
+
+
+def test_separate_layout_without_images_folder_is_one_line(tmp_path):
+    make_custom(tmp_path, "separate", per_split=2)
+    (tmp_path / "val" / "images").rename(tmp_path / "val" / "pictures")
+    with pytest.raises(FsbenchError, match=r"layout separate needs .*val/images/") as caught:
         CocoJson(tmp_path, 0, BenchmarkOptions(folds=2))
+    assert "\n" not in str(caught.value)
 
 
 def test_separate_layout_mask_problems_and_skipping(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from benchmarks.base import BenchmarkOptions
-from benchmarks.fake_datasets import make_fss
+from fsbench.fixtures import make_fss
 from benchmarks.fss import Fss1000, class_id_of
 from fsbench.errors import FsbenchError
 from fsbench.protocols import get_protocol

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks.base import BenchmarkOptions
-from benchmarks.fake_datasets import make_voc
+from fsbench.fixtures import make_voc
 from benchmarks.pascal import Pascal
 from fsbench.cli import main
 from fsbench.errors import FsbenchError

@@ -67,3 +67,29 @@ def test_safetensors_without_fsbench_metadata(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(FsbenchError, match="not found"):
         read_metadata(tmp_path / "nothing.safetensors")
+
+
+def test_a_safetensors_header_length_starting_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """A safetensors file begins with its header's length: when its low byte is 0x80 (a pickle's
+    first byte) or "P" ("PK", a zip's), the file must still be read as the checkpoint it is."""
+    import struct
+
+    from fsbench.checkpoint import is_torch_pickle, load_checkpoint
+
+    for first_byte in (0x80, ord("P")):
+        for padding in range(512):
+            path = tmp_path / f"model_{first_byte}.safetensors"
+            save_checkpoint(path, {"weight": torch.ones(2)}, {"method": "panet", "note": "x" * padding})
+            if path.read_bytes()[0] == first_byte:
+                break
+        else:
+            raise AssertionError("no padding gave the wanted first byte")
+        assert not is_torch_pickle(path)
+        state, metadata = load_checkpoint(path)
+        assert torch.equal(state["weight"], torch.ones(2)) and metadata["method"] == "panet"
+    pickled = tmp_path / "model.pt"
+    torch.save({"weight": torch.ones(2)}, pickled)
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"weight": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    assert is_torch_pickle(pickled) and is_torch_pickle(legacy)
+    assert struct.unpack("<Q", path.read_bytes()[:8])[0] < path.stat().st_size

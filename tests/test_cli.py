@@ -13,7 +13,7 @@ import torch
 from fsbench.checkpoint import save_checkpoint
 from fsbench.cli import main
 from fsbench.errors import FsbenchError
-from fsbench.perf_discrimination import evaluated_checkpoint, load_run_method
+from fsbench.perf.discrimination import evaluated_checkpoint, load_run_method
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--train-steps", "2", "--episodes", "6", "--img-size", "64", "--nworker", "0", "--no-progress", "--bsz", "2"]
@@ -96,7 +96,8 @@ def test_bad_inputs_get_one_line_errors(tiny_datapath, trained_run, tmp_path, ca
 
     pickled = tmp_path / "model.pth"
     torch.save({"weight": torch.zeros(1)}, pickled)
-    assert "never unpickles" in _error(capsys, ["--eval", "--load", str(pickled), *base])
+    # A pickle is read only through the weights-only reader, and only in a format fsbench knows.
+    assert "is a torch pickle in no format fsbench reads" in _error(capsys, ["--eval", "--load", str(pickled), *base])
 
     foreign = tmp_path / "foreign.safetensors"
     save_checkpoint(foreign, {"network.x": torch.zeros(1)}, {"method": "panet_like", "config": {}})
@@ -108,7 +109,7 @@ def test_bad_inputs_get_one_line_errors(tiny_datapath, trained_run, tmp_path, ca
 
 def test_existing_run_folder_is_never_touched(tiny_datapath, trained_run, capsys):
     before = {path.name: path.stat().st_mtime_ns for path in trained_run.iterdir()}
-    assert "already exists" in _error(capsys, ["--datapath", str(tiny_datapath), "--logpath", str(trained_run), *TINY])
+    assert "already holds a finished run" in _error(capsys, ["--datapath", str(tiny_datapath), "--logpath", str(trained_run), *TINY])
     assert {path.name: path.stat().st_mtime_ns for path in trained_run.iterdir()} == before
 
 

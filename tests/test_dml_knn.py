@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from fsbench.episode import Episode
 from fsbench.losses import proxy_anchor_loss
-from fsbench.train import TrainSettings
+from fsbench.engine.fit import FitSettings, fit
 from fsbench.transforms import SquashResize
 from methods.dml_knn import DMLKNN, DMLKNNConfig, knn_label_shares, sample_pixels
 
@@ -100,7 +100,11 @@ def test_sample_pixels_is_class_balanced_and_skips_ignore():
 
 def tiny_config(**changes):
     config = DMLKNNConfig.quick()
-    return DMLKNNConfig(**{**config.__dict__, **changes})
+    return DMLKNNConfig(**{**config.__dict__, "batch_size": 2, **changes})
+
+
+def train(method, benchmark, steps: int, **settings) -> None:
+    fit(method, benchmark, FitSettings(steps=steps, transform=SquashResize(64), progress=False, **settings), run_dir=None)
 
 
 def test_proxies_are_trained(tiny_shapes):
@@ -108,11 +112,7 @@ def test_proxies_are_trained(tiny_shapes):
     # between optimisation steps (snapshots after step 0 and after step 1).
     method = DMLKNN(tiny_config(), "cpu")
     snapshots = []
-    settings = TrainSettings(
-        steps=2, batch_size=2, transform=SquashResize(64), progress=False,
-        on_step=lambda step, scalars: snapshots.append(method.proxies.weight.detach().clone()),
-    )
-    method.fit(tiny_shapes, settings)
+    train(method, tiny_shapes, 2, on_step=lambda step, row: snapshots.append(method.proxies.weight.detach().clone()))
     assert method.proxies.weight.shape == (len(tiny_shapes.classes("train")) + 1, 64)
     assert len(snapshots) == 2 and not torch.allclose(snapshots[0], snapshots[1])
 
@@ -120,12 +120,9 @@ def test_proxies_are_trained(tiny_shapes):
 def test_learning_rate_decays_along_a_cosine_to_zero(tiny_shapes):
     method = DMLKNN(tiny_config(), "cpu")
     rates = []
-    settings = TrainSettings(steps=4, batch_size=2, transform=SquashResize(64), progress=False,
-                             on_step=lambda step, scalars: rates.append(scalars["lr"]))
-    method.fit(tiny_shapes, settings)
-    # The rate in force after step s (1-based) of 4: lr * (1 + cos(pi s / 4)) / 2.
-    assert rates == pytest.approx([1e-3 * (1 + math.cos(math.pi * done / 4)) / 2 for done in (1, 2, 3, 4)])
-    assert rates[-1] == pytest.approx(0.0, abs=1e-12)
+    train(method, tiny_shapes, 4, on_step=lambda step, row: rates.append(row["lr"]))
+    # The rate of update s (0-based) of 4: lr * (1 + cos(pi s / 4)) / 2, reaching 0 after the last.
+    assert rates == pytest.approx([1e-3 * (1 + math.cos(math.pi * done / 4)) / 2 for done in (0, 1, 2, 3)])
 
 
 def test_empty_support_mask_predicts_nothing(tiny_shapes):
@@ -139,15 +136,14 @@ def test_empty_support_mask_predicts_nothing(tiny_shapes):
 
 
 def test_training_ignores_way_shot_and_task(tiny_shapes):
-    # trains_on_episodes = False lets one dml_knn checkpoint serve every setting (fsbench.perf_methods
+    # trains_on_episodes = False lets one dml_knn checkpoint serve every setting (fsbench.perf.methods
     # relies on it): training for 2-way FS-CS must give bit-identical weights to 1-way 1-shot FS-S.
     assert not DMLKNN.trains_on_episodes
     states = []
     for way, shot, task in ((1, 1, "fss"), (2, 5, "fscs")):
         torch.manual_seed(0)
         method = DMLKNN(tiny_config(), "cpu")
-        method.fit(tiny_shapes, TrainSettings(steps=2, batch_size=2, transform=SquashResize(64), progress=False,
-                                              way=way, shot=shot, task=task))
+        train(method, tiny_shapes, 2, way=way, shot=shot, task=task)
         states.append(method.state_dict())
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fsbench.errors import FsbenchError
 from fsbench.losses import SEGMENTATION_LOSSES, ce_dice, cross_entropy, dice, focal, lovasz_softmax, segmentation_loss
@@ -75,3 +76,17 @@ def test_every_loss_ignores_255_and_survives_an_all_ignore_batch(name):
 def test_unknown_loss_lists_the_options():
     with pytest.raises(FsbenchError, match="ce, dice, ce_dice, focal, lovasz"):
         segmentation_loss("hinge")
+
+
+def test_class_tag_loss_is_ifsl_nll_of_spatial_mean():
+    from fsbench.losses import class_tag_loss
+
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.log_softmax(torch.randn(3, 1, 2, 5, 4, generator=generator), dim=2)
+    presence = torch.tensor([[True], [False], [True]])
+    # iFSL, literally: nll_loss(mean over space of [B, 2] log-probabilities, presence)
+    expected = F.nll_loss(maps.mean(dim=(-1, -2)).squeeze(1), presence.long().squeeze(-1))
+    assert torch.allclose(class_tag_loss(maps, presence), expected)
+    # hand-worked: uniform maps give log 2 whatever the label
+    flat = torch.full((2, 2, 2, 3, 3), math.log(0.5))
+    assert class_tag_loss(flat, torch.tensor([[True, False], [False, False]])).item() == pytest.approx(math.log(2))

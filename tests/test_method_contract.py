@@ -9,7 +9,7 @@ import torch
 from fsbench.checkpoint import load_checkpoint, save_checkpoint
 from fsbench.registry import METHODS
 from fsbench.sampler import EpisodeSampler
-from fsbench.train import TrainSettings
+from fsbench.engine.fit import FitSettings, fit
 from fsbench.transforms import SquashResize
 
 IMAGE_SIZE = 64
@@ -17,9 +17,13 @@ IMAGE_SIZE = 64
 
 def tiny_method(name: str):
     method_class = METHODS.get(name)
-    config = method_class.Config.quick()
+    config = dataclasses.replace(method_class.Config.quick(), batch_size=2)
     torch.manual_seed(0)
     return method_class(config, "cpu")
+
+
+def train(method, benchmark, steps: int) -> None:
+    fit(method, benchmark, FitSettings(steps=steps, transform=SquashResize(IMAGE_SIZE), progress=False), run_dir=None)
 
 
 def tiny_episode(benchmark, way: int, shot: int, index: int = 3):
@@ -32,7 +36,7 @@ def tiny_episode(benchmark, way: int, shot: int, index: int = 3):
 def trained_method(request, tiny_shapes):
     """Each method after a few training steps, so its state is not just the initialisation."""
     method = tiny_method(request.param)
-    method.fit(tiny_shapes, TrainSettings(steps=2, batch_size=2, transform=SquashResize(IMAGE_SIZE), progress=False))
+    train(method, tiny_shapes, steps=2)
     method.eval()
     return method
 
@@ -76,7 +80,7 @@ def test_training_changes_the_state(tiny_shapes):
     for name in METHODS.names():
         method = tiny_method(name)
         before = {key: value.clone() for key, value in method.state_dict().items()}
-        method.fit(tiny_shapes, TrainSettings(steps=1, batch_size=2, transform=SquashResize(IMAGE_SIZE), progress=False))
+        train(method, tiny_shapes, steps=1)
         after = method.state_dict()
         changed = [key for key in after if key not in before or before[key].shape != after[key].shape or not torch.equal(before[key], after[key])]
         assert changed, f"{name}: training changed nothing"

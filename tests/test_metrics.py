@@ -107,5 +107,23 @@ def test_exact_ratio():
 
 def test_prediction_labels_threshold_and_argmax():
     probs = torch.tensor([[[[0.2, 0.7, 0.6]], [[0.4, 0.6, 0.9]]]])  # [Q=1, N=2, H=1, W=3]
-    labels = Prediction(probs, torch.zeros(1, 2)).labels()
-    assert labels.tolist() == [[[0, 1, 2]]]
+    # threshold: the best way where its probability >= 0.5, else background.
+    assert Prediction(probs, torch.zeros(1, 2)).labels("threshold").tolist() == [[[0, 1, 2]]]
+    # argmax over [background, ways] with an explicit background map (ties go to the lower index).
+    background = torch.tensor([[[0.5, 0.7, 0.1]]])
+    assert Prediction(probs, torch.zeros(1, 2), bg_probs=background).labels().tolist() == [[[0, 0, 2]]]
+    # Without one, background is the rest of the mass: 1 - (0.3 + 0.2) = 0.5 beats 0.3 and ties 0.5 -> 0.
+    shares = torch.tensor([[[[0.3, 0.5, 0.1]], [[0.2, 0.0, 0.05]]]])
+    assert Prediction(shares, torch.zeros(1, 2)).labels().tolist() == [[[0, 0, 0]]]
+    assert Prediction(shares, torch.zeros(1, 2)).labels("threshold").tolist() == [[[0, 1, 0]]]
+
+
+def test_prediction_resizing_in_log_space_matches_upsampled_logits():
+    # HSNet upsamples logits and takes the argmax: in log-probability space the same labels come out.
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 2, 5, 7, generator=generator) * 3
+    expected = torch.nn.functional.interpolate(logits, size=(23, 31), mode="bilinear", align_corners=True).argmax(dim=1)
+    probabilities = logits.softmax(dim=1)
+    prediction = Prediction.from_probabilities(probabilities[:, 1:], bg_probs=probabilities[:, 0],
+                                               upsampling="log_probabilities", align_corners=True)
+    assert torch.equal(prediction.resized((23, 31)).labels(), expected)

@@ -12,7 +12,8 @@ from torch import nn
 from fsbench.backbones import IMAGENET_WEIGHT_FILES
 from fsbench.checkpoint import load_checkpoint, save_checkpoint
 from fsbench.episode import Episode
-from fsbench.train import TrainSettings
+from fsbench.engine.fit import FitSettings, fit, single_update
+from fsbench.engine.plan import TrainingContext
 from fsbench.transforms import SquashResize
 from methods.mtl_unet import MTLUNet, MTLUNetConfig
 from methods.scale_shift import ScaleShift
@@ -22,8 +23,12 @@ SIZE = 64
 
 def _method(**overrides) -> MTLUNet:
     torch.manual_seed(0)
-    config = dataclasses.replace(MTLUNetConfig.quick(), inner_steps=3, **overrides)
+    config = dataclasses.replace(MTLUNetConfig.quick(), inner_steps=3, batch_size=2, **overrides)
     return MTLUNet(config, "cpu").eval()
+
+
+def _train(method: MTLUNet, benchmark, steps: int, **settings) -> None:
+    fit(method, benchmark, FitSettings(steps=steps, transform=SquashResize(SIZE), progress=False, **settings), run_dir=None)
 
 
 def _episode(way: int = 2, shot: int = 1, seed: int = 0) -> Episode:
@@ -76,7 +81,7 @@ def test_every_encoder_and_decoder_conv_is_scaled_and_shifted():
 
 def test_identity_at_start_reproduces_the_pretrained_model(tiny_shapes):
     method = _method(pretrain_share=1.0)
-    method.fit(tiny_shapes, TrainSettings(steps=1, batch_size=2, transform=SquashResize(SIZE), progress=False))
+    _train(method, tiny_shapes, 1)
     method.start_meta_training()
     method.eval()
     images = torch.randn(2, 3, SIZE, SIZE)
@@ -105,7 +110,7 @@ def test_pretrained_weights_reach_the_meta_model(tiny_shapes, tmp_path, monkeypa
 
     # Base-class pre-training -> checkpoint -> a fresh method: every U-Net weight arrives and the
     # meta model computes with them (no renamed copy that could silently stay random).
-    method.fit(tiny_shapes, TrainSettings(steps=1, batch_size=2, transform=SquashResize(SIZE), progress=False))
+    _train(method, tiny_shapes, 1)
     method.eval()
     path = tmp_path / "model.safetensors"
     save_checkpoint(path, method.state_dict(), {"method": "mtl_unet"})
@@ -140,12 +145,16 @@ def test_inner_loop_changes_only_the_base_learner_copy():
 
 def test_meta_training_trains_scales_shifts_and_learner_but_not_the_convs():
     method = _method()
-    method.start_meta_training()
+    meta = method.training_stages(TrainingContext(steps=2, base_classes=[1, 2]))[1]
+    meta.enter()
+    meta.initialise()
     before = _state(method)
     method.train()
-    scalars = method.train_step(_episode(shot=2))
+    method.network.eval()  # as the stage declares (eval_modules)
+    optimiser = meta.optimiser.build(meta.parameter_groups())
+    scalars, _ = single_update(method, meta, optimiser, [_episode(shot=2)], seed=0)
     after = _state(method)
-    assert scalars["meta_loss"] > 0
+    assert meta.eval_modules == ("network",) and scalars["loss"] > 0
     assert not _changed(before, after, "network.")  # weights and batch-norm statistics frozen
     assert _changed(before, after, "scale_shift.scale.") and _changed(before, after, "scale_shift.shift.")
     assert _changed(before, after, "base_learner.")
@@ -154,10 +163,8 @@ def test_meta_training_trains_scales_shifts_and_learner_but_not_the_convs():
 def test_budget_is_split_between_pretraining_and_meta_training(tiny_shapes):
     method = _method(pretrain_share=0.5)
     seen = []
-    settings = TrainSettings(steps=3, batch_size=2, transform=SquashResize(SIZE), progress=False,
-                             on_step=lambda step, scalars: seen.extend(scalars))
-    method.fit(tiny_shapes, settings)
-    assert seen == ["pretrain_loss", "pretrain_loss", "meta_loss"]
+    _train(method, tiny_shapes, 3, on_step=lambda step, row: seen.append(row["stage"]))
+    assert seen == ["pretrain", "pretrain", "meta"]
 
 
 def test_n_way_probabilities_come_from_independent_learners():

@@ -119,11 +119,24 @@ def test_n_way_probabilities_are_softmax_shares_and_presence_their_max():
     assert torch.equal(prediction.presence, prediction.fg_probs.flatten(2).amax(2))
 
 
-def test_gradient_accumulation_steps_every_batch_size_episodes():
+def test_an_update_accumulates_the_mean_gradient_of_its_episodes():
+    # batch_size episodes per update: the engine accumulates loss / batch_size, i.e. the gradient of
+    # the batch's mean loss (PANet's episodes are independent; no batch statistics tie them).
+    from fsbench.engine.fit import single_update
+    from fsbench.engine.plan import Optimiser, TrainingContext
+
+    episodes = [_episode(way=1, shot=1, queries=1, seed=1), _episode(way=1, shot=1, queries=1, seed=2)]
     method = _method(batch_size=2).train()
-    before = {key: value.clone() for key, value in method.encoder.state_dict().items() if "running" not in key and "num_batches" not in key}
-    method.train_step(_episode(way=1, shot=1, queries=1, seed=1))
-    unchanged = all(torch.equal(before[key], method.encoder.state_dict()[key]) for key in before)
-    method.train_step(_episode(way=1, shot=1, queries=1, seed=2))
-    changed = any(not torch.equal(before[key], method.encoder.state_dict()[key]) for key in before)
-    assert unchanged and changed
+    stage = method.training_stages(TrainingContext(steps=3, base_classes=[1]))[0]
+    assert stage.batch_size == 2 and stage.data == "episodes"
+    expected = []
+    for episode in episodes:
+        method.encoder.zero_grad()
+        torch.manual_seed(0)
+        stage.loss(episode, None)["loss"].backward()
+        expected.append([parameter.grad.clone() for parameter in method.encoder.parameters()])
+    stage = dataclasses.replace(stage, optimiser=Optimiser("sgd", lr=0.0, momentum=0.0))
+    optimiser = stage.optimiser.build(stage.parameter_groups())
+    single_update(method, stage, optimiser, episodes, seed=0)
+    for parameter, first, second in zip(method.encoder.parameters(), *expected):
+        assert torch.allclose(parameter.grad, (first + second) / 2, atol=1e-6)

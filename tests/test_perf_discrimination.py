@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from fsbench.perf_discrimination import way_wins
+from fsbench.perf.discrimination import way_wins
 
 
 def _masks() -> torch.Tensor:

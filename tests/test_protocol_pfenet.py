@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks.coco import Coco
-from benchmarks.fake_datasets import make_voc
+from fsbench.fixtures import make_voc
 from benchmarks.fss import Fss1000
 from benchmarks.pascal import Pascal
 from benchmarks.shapes import Shapes

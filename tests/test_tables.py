@@ -60,13 +60,15 @@ def episode_rows(episodes: int, quality: float, seed: int) -> list[dict]:
 
 
 def write_run(folder: Path, method: str, fold: int, rows: list[dict], fingerprint: str, seed: int = 0, backbone: str = "resnet18",
-              shot: int = 1) -> dict:
+              shot: int = 1, **extra) -> dict:
+    """A finished run folder; ``extra`` adds or replaces results.json keys (benchmark_info, replay, ...)."""
     folder.mkdir(parents=True)
     pd.DataFrame(rows).to_csv(folder / "episodes.csv", index=False)
     results = {
         "method": method, "backbone": backbone, "benchmark": "toy", "fold": fold, "way": 1, "shot": shot, "task": "fss",
         "episodes": len({row["episode"] for row in rows}), "seed": seed, "episode_fingerprint": fingerprint,
         **reference_scores(rows), "eval_resolution": "10x10", "protocol": "hsnet", "checkpoint": None, "elapsed_s": 1.0,
+        **extra,
     }
     (folder / "results.json").write_text(json.dumps(results))
     return results
@@ -111,16 +113,30 @@ def test_fold_mean_is_the_arithmetic_mean_of_the_folds(grid, tmp_path):
         assert abs(mean - pooled) > 0.5
 
 
+def stratified_draws(rows: list[dict], resamples: int, seed) -> list[list[int]]:
+    """The documented stratified draws, re-stated for 1-way runs: an episode's stratum is its class;
+    the classes in CLASSES order each draw ``rng.integers(0, n, size=(resamples, n))`` among their n
+    episodes (in episode order). Returns, per resample, the drawn episode numbers."""
+    class_of = {row["episode"]: row["class_names"] for row in rows}
+    rng = np.random.default_rng(seed)
+    drawn: list[list[int]] = [[] for _ in range(resamples)]
+    for name in CLASSES:
+        members = sorted(episode for episode in class_of if class_of[episode] == name)
+        if not members:
+            continue
+        for resample, draw in enumerate(rng.integers(0, len(members), size=(resamples, len(members)))):
+            drawn[resample] += [members[number] for number in draw]
+    return drawn
+
+
 def independent_bootstrap(rows: list[dict], metric: str, resamples: int, seed, level: float = 0.95) -> tuple[float, float]:
     """Resample whole episodes with the documented draws, recompute the metric by hand each time."""
     by_episode: dict[int, list[dict]] = {}
     for row in rows:
         by_episode.setdefault(row["episode"], []).append(row)
-    episodes = sorted(by_episode)
-    draws = np.random.default_rng(seed).integers(0, len(episodes), size=(resamples, len(episodes)))
     replicates = []
-    for draw in draws:
-        resampled = [row for position in draw for row in by_episode[episodes[position]]]
+    for drawn in stratified_draws(rows, resamples, seed):
+        resampled = [row for episode in drawn for row in by_episode[episode]]
         replicates.append(reference_scores(resampled)[metric])
     return tuple(np.percentile(replicates, [50 * (1 - level), 100 - 50 * (1 - level)]))
 
@@ -159,7 +175,8 @@ def test_paired_bootstrap_and_wilcoxon_against_references(grid, tmp_path):
     result = paired_test(counts["good"], counts["weak"], "miou", resamples=300, seed=4)
     good_rows = pd.read_csv(tmp_path / "good_1" / "episodes.csv").to_dict("records")
     weak_rows = pd.read_csv(tmp_path / "weak_1" / "episodes.csv").to_dict("records")
-    draws = np.random.default_rng(4).integers(0, 40, size=(300, 40))
+    draws = stratified_draws(good_rows, 300, 4)  # both runs: the same episodes, so the same strata and draws
+    assert draws == stratified_draws(weak_rows, 300, 4)
     differences = np.array([
         reference_scores([good_rows[i] for i in draw])["miou"] - reference_scores([weak_rows[i] for i in draw])["miou"] for draw in draws
     ])
@@ -282,3 +299,161 @@ def test_trained_and_untrained_runs_of_one_method_are_separate_rows(tmp_path):
     markdown = main_table([str(tmp_path / "*")], "markdown", resamples=50)
     assert "good (resnet18, 0 steps)" in markdown and "good (resnet18, 400 steps)" in markdown
     assert "Not compared" not in markdown
+
+
+def test_table_modules_import_one_way():
+    """tables -> table_formats -> table_model: no module imports one that imports it back."""
+    import ast
+
+    import fsbench
+
+    def imported(module: str) -> set:
+        tree = ast.parse((Path(fsbench.__file__).parent / f"{module}.py").read_text())
+        names = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        names |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        return {name for name in names if name.startswith("fsbench.")}
+
+    assert "fsbench.table_formats" in imported("tables") and "fsbench.table_model" in imported("tables")
+    assert "fsbench.tables" not in imported("table_formats") and "fsbench.table_model" in imported("table_formats")
+    assert not {"fsbench.tables", "fsbench.table_formats"} & imported("table_model")
+
+
+# --- unfinished runs ------------------------------------------------------------------------------------
+def write_unfinished(folder: Path, status: dict | str | None) -> None:
+    """A run folder as a failed, interrupted or running run leaves it: config.json, maybe status.json."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"method": "good", "fold": 0}))
+    if status is not None:
+        (folder / "status.json").write_text(status if isinstance(status, str) else json.dumps(status))
+
+
+def test_unfinished_runs_are_skipped_with_a_note(grid, tmp_path, capsys):
+    finished_only = main_table([str(tmp_path / "*")], "csv", resamples=30)
+    write_unfinished(tmp_path / "crashed", {"state": "failed", "error": "CUDA out of memory\nat step 12", "updated": "2026-01-01T00:00:00"})
+    write_unfinished(tmp_path / "going", {"state": "running", "updated": "2026-01-01T00:00:00"})
+    write_unfinished(tmp_path / "killed", None)  # killed before it could write a status
+    write_unfinished(tmp_path / "garbled", "{not json")
+    capsys.readouterr()
+    assert main_table([str(tmp_path / "*")], "csv", resamples=30) == finished_only
+    note = capsys.readouterr().err
+    assert note.count("\n") == 1 and "skipped 4 unfinished runs (no results.json)" in note
+    for name, state in (("crashed", "failed: CUDA out of memory"), ("going", "running"), ("killed", "state unknown"), ("garbled", "state unknown")):
+        assert f"{tmp_path / name} ({state})" in note
+    assert "at step 12" not in note  # the first line of an error only
+
+
+def test_a_folder_with_results_json_is_finished_whatever_its_status_says(tmp_path, capsys):
+    results = write_run(tmp_path / "run", "good", 0, episode_rows(6, 0.7, 1), fingerprint="x")
+    (tmp_path / "run" / "status.json").write_text(json.dumps({"state": "running"}))
+    table = read_csv_table(main_table([str(tmp_path / "run")], "csv", confidence=False))
+    assert table[(table.metric == "miou") & (table.fold == "0")].value.iloc[0] == results["miou"]
+    assert "unfinished" not in capsys.readouterr().err
+
+
+def test_a_pattern_with_only_unfinished_runs_is_an_error(grid, tmp_path):
+    write_unfinished(tmp_path / "late_a", {"state": "interrupted"})
+    write_unfinished(tmp_path / "late_b", {"state": "failed", "error": "disk full"})
+    with pytest.raises(FsbenchError, match=r"late_\* names no finished run, only 2 unfinished .*late_a \(interrupted\).*late_b \(failed: disk full\)") as error:
+        main_table([str(tmp_path / "good_0"), str(tmp_path / "late_*")])
+    assert "\n" not in str(error.value)
+    with pytest.raises(FsbenchError, match="names no finished run"):
+        main_table([str(tmp_path / "late_a")])
+
+
+# --- what may share a cell, a column, a table -------------------------------------------------------------
+def info(dataset: str = "data/custom", folds: int = 4, fold: int = 0, lists: str | None = None, class_split: str = "interleaved") -> dict:
+    """A coco_json-like benchmark_info; the list fingerprint differs per fold, as real ones do."""
+    return {"benchmark": "coco_json", "fold": fold, "protocol": "hsnet", "dataset": dataset, "layout": "unified", "folds": folds,
+            "novel_classes": [fold + 1], "class_split": class_split, "standard_split": False,
+            "list_fingerprint": lists or f"{dataset}-{folds}-{fold}", "pairs": {"train": 10, "test": 5}, "skipped_bad_files": 0}
+
+
+def miou_cells(tmp_path: Path, pattern: str = "*") -> pd.DataFrame:
+    table = read_csv_table(main_table([str(tmp_path / pattern)], "csv", confidence=False))
+    return table[table.metric == "miou"]
+
+
+def test_two_datasets_are_two_tables_even_on_equal_episode_fingerprints(tmp_path):
+    """Two generated coco_json datasets with the same file names give the same episode fingerprint;
+    they must neither be averaged nor refused as one evaluation repeated."""
+    first = write_run(tmp_path / "a", "good", 0, episode_rows(8, 0.7, 1), "same", benchmark="coco_json", benchmark_info=info("data/a"))
+    second = write_run(tmp_path / "b", "good", 0, episode_rows(8, 0.3, 2), "same", benchmark="coco_json", benchmark_info=info("data/b"))
+    cells = miou_cells(tmp_path).set_index(["data", "fold"]).value
+    assert cells[("dataset data/a", "0")] == first["miou"] and cells[("dataset data/b", "0")] == second["miou"]
+    markdown = main_table([str(tmp_path / "*")], "markdown", confidence=False)
+    assert markdown.count("#### mIoU") == 2 and "data: dataset data/a" in markdown and "data: dataset data/b" in markdown
+    assert "several runs" not in markdown
+
+
+def test_fold_counts_are_different_data(tmp_path):
+    write_run(tmp_path / "two", "good", 0, episode_rows(8, 0.7, 1), "e2", benchmark="coco_json", benchmark_info=info(folds=2))
+    write_run(tmp_path / "four", "good", 0, episode_rows(8, 0.3, 2), "e4", benchmark="coco_json", benchmark_info=info(folds=4))
+    cells = miou_cells(tmp_path)
+    assert sorted(cells[cells.fold == "0"].data) == ["folds 2", "folds 4"] and (cells.runs == 1).all()
+    assert cells.data_id.nunique() == 2
+
+
+def test_folds_of_one_dataset_share_a_table_and_seeds_share_a_cell(tmp_path):
+    """Each fold has its own lists (list_fingerprint); the folds still make one table with a mean, and
+    two seeds on one fold's lists average into one cell."""
+    scores = {}
+    for fold, seed in ((0, 0), (0, 1), (1, 0)):
+        scores[(fold, seed)] = write_run(tmp_path / f"f{fold}s{seed}", "good", fold, episode_rows(8, 0.6, 3 * fold + seed), f"e{fold}{seed}",
+                                         seed=seed, benchmark="coco_json", benchmark_info=info(fold=fold))["miou"]
+    cells = miou_cells(tmp_path).set_index("fold")
+    assert len(cells) == 3 and cells.data.isna().all()  # one dataset: no data label needed
+    assert cells.loc["0"].value == pytest.approx((scores[(0, 0)] + scores[(0, 1)]) / 2) and cells.loc["0"].runs == 2
+    assert cells.loc["mean"].value == pytest.approx(((scores[(0, 0)] + scores[(0, 1)]) / 2 + scores[(1, 0)]) / 2)
+
+
+def test_lists_that_differ_under_one_description_split_by_fingerprint(tmp_path):
+    """A dataset regenerated in place: fold 0 has runs on two lists, so nothing says which fold-1 run
+    belongs with which; each list set is its own table, labelled, with no cross-list mean."""
+    write_run(tmp_path / "old", "good", 0, episode_rows(8, 0.7, 1), "e1", benchmark="coco_json", benchmark_info=info(lists="aaaa1111"))
+    write_run(tmp_path / "new", "good", 0, episode_rows(8, 0.3, 2), "e2", benchmark="coco_json", benchmark_info=info(lists="bbbb2222"))
+    write_run(tmp_path / "new1", "good", 1, episode_rows(8, 0.5, 3), "e3", benchmark="coco_json", benchmark_info=info(fold=1, lists="cccc3333"))
+    cells = miou_cells(tmp_path)
+    assert sorted(zip(cells.lists, cells.fold)) == [("aaaa1111", "0"), ("aaaa1111", "mean"), ("bbbb2222", "0"), ("bbbb2222", "mean"),
+                                                   ("cccc3333", "1"), ("cccc3333", "mean")]
+    assert (cells.runs == 1).all()
+    assert "lists aaaa1111" in main_table([str(tmp_path / "*")], "markdown", confidence=False)
+
+
+@pytest.mark.parametrize("key, first, second, label", [
+    ("class_split", "interleaved", "contiguous", "class split contiguous"),
+    ("replay", "hsnet", "ifsl", "replay ifsl"),
+    ("boundary", "ignore", "background", "boundary background"),
+    ("task", "fss", "fscs", "task fscs"),
+    ("protocol", "hsnet", "pfenet", "protocol pfenet"),
+    ("eval_resolution", "400x400", "original", "scored at original"),
+])
+def test_runs_that_differ_in_a_setting_are_never_averaged(tmp_path, key, first, second, label):
+    for name, value, quality in (("one", first, 0.7), ("two", second, 0.3)):
+        extra = {"benchmark_info": info(class_split=value)} if key == "class_split" else {"benchmark_info": info(), key: value}
+        write_run(tmp_path / name, "good", 0, episode_rows(8, quality, len(name)), f"e{name}", benchmark="coco_json", **extra)
+    cells = miou_cells(tmp_path)
+    assert len(cells[cells.fold == "0"]) == 2 and (cells.runs == 1).all()
+    assert sorted(cells[cells.fold == "0"][key]) == sorted([first, second])
+    assert label in main_table([str(tmp_path / "*")], "markdown", confidence=False)
+
+
+def test_old_results_without_the_new_keys_still_make_a_table(tmp_path):
+    """No benchmark_info, replay or boundary (an older fsbench): the runs load and share a table."""
+    write_run(tmp_path / "a", "good", 0, episode_rows(6, 0.7, 1), "e1")
+    write_run(tmp_path / "b", "weak", 0, episode_rows(6, 0.3, 2), "e1")
+    cells = miou_cells(tmp_path)
+    assert len(cells) == 4 and cells.comparable.all() and (cells[["class_split", "replay", "boundary", "data", "lists"]].isna()).all().all()
+
+
+def test_repeated_evaluations_are_counted_right(tmp_path):
+    for name in ("r1", "r2", "r3"):
+        write_run(tmp_path / name, "good", 0, episode_rows(6, 0.7, 1), "samesame", seed=0)
+    write_run(tmp_path / "q1", "good", 0, episode_rows(6, 0.6, 2), "otherset", seed=1)
+    write_run(tmp_path / "q2", "good", 0, episode_rows(6, 0.6, 2), "otherset", seed=1)
+    write_run(tmp_path / "fine", "good", 0, episode_rows(6, 0.5, 3), "thirdset", seed=2)
+    with pytest.raises(FsbenchError) as error:
+        main_table([str(tmp_path / "*")], confidence=False)
+    message = str(error.value)
+    assert message.startswith("5 evaluations of good (resnet18) 1-shot fold 0 repeat the same episodes")
+    assert "2 on episodes othersetf" not in message and "2 on episodes otherset:" in message and "3 on episodes samesame:" in message
+    assert all(str(tmp_path / name) in message for name in ("r1", "r2", "r3", "q1", "q2")) and "fine" not in message

@@ -1,6 +1,6 @@
 """The methods table on `shapes`: per method and fold, trained (default budget) vs untrained.
 
-    python -m fsbench.perf_methods [--methods dml_knn panet mtl_unet] [--folds 0 1 2 3] [--episodes 1000]
+    python -m fsbench.perf.methods [--methods dml_knn panet mtl_unet] [--folds 0 1 2 3] [--episodes 1000]
 
 Per method and fold it trains with the method's default budget - an episodic method twice, once on
 1-way 1-shot FS-S episodes (evaluated at 1-way 1-shot and, from the same checkpoint, 1-way 5-shot)
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import methods  # noqa: F401  (registers the methods that method_rows looks up)
 
-    parser = argparse.ArgumentParser(prog="python -m fsbench.perf_methods", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m fsbench.perf.methods", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=["dml_knn", "panet", "mtl_unet"])
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3])

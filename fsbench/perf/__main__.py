@@ -2,6 +2,9 @@
 
     python -m fsbench.perf knn-memory [--chunks 1024 4096 16384] [--device cpu]
         Peak memory of dml_knn's kNN at 5-shot 400x400 with 512-d embeddings, per chunk size.
+    python -m fsbench.perf knn-options [--device cpu] [--dim 512] [--size 400]
+        dml_knn's kNN at 1-shot: fp32 against bf16 / fp16 similarity, kNN on every 2nd pixel, and
+        half the negatives: seconds per query and how many pixels keep fp32's label.
     python -m fsbench.perf timing RUN_DIR...
         Where evaluation time went in finished runs: data loading, predict, metrics, and the ratio
         of total evaluation wall time to time inside predict.
@@ -60,6 +63,64 @@ def knn_memory_child(chunk: int, device: str, query_pixels: int, positives: int,
     else:
         result["peak_extra_mb"] = _max_rss_mb() - before
     return result
+
+
+def _clustered(count: int, dim: int, centres: torch.Tensor, spread: float, generator) -> torch.Tensor:
+    """Unit vectors scattered around ``centres`` (a structured stand-in for trained embeddings,
+    whose neighbour ranking has real near-ties, unlike isotropic random vectors)."""
+    picks = torch.randint(0, centres.shape[0], (count,), generator=generator)
+    return F.normalize(centres[picks] + spread * torch.randn(count, dim, generator=generator), dim=1)
+
+
+def knn_options(args) -> None:
+    from tabulate import tabulate
+
+    from methods.dml_knn import knn_label_shares
+
+    generator = torch.Generator().manual_seed(0)
+    device, size, dim, positives, ratio = args.device, args.size, args.dim, 1000, 20
+    foreground = F.normalize(torch.randn(3, dim, generator=generator), dim=1)
+    background = F.normalize(torch.randn(12, dim, generator=generator), dim=1)
+    references = torch.cat([_clustered(positives, dim, foreground, 0.6, generator), _clustered(positives * ratio, dim, background, 0.6, generator)])
+    labels = torch.cat([torch.ones(positives, dtype=torch.long), torch.zeros(positives * ratio, dtype=torch.long)])
+    # A query whose left third is foreground-like, the rest background-like.
+    query = torch.empty(size, size, dim)
+    query[:, : size // 3] = _clustered(size * (size // 3), dim, foreground, 0.7, generator).view(size, size // 3, dim)
+    query[:, size // 3 :] = _clustered(size * (size - size // 3), dim, background, 0.7, generator).view(size, size - size // 3, dim)
+    references, labels, query = references.to(device), labels.to(device), query.to(device)
+
+    def run(dtype, stride: int, keep_negatives: float):
+        chosen_refs, chosen_labels = references, labels
+        if keep_negatives < 1:
+            negatives = torch.nonzero(labels == 0).squeeze(1)
+            kept = negatives[torch.randperm(len(negatives), generator=torch.Generator().manual_seed(1))[: int(len(negatives) * keep_negatives)].to(device)]
+            keep = torch.cat([torch.nonzero(labels == 1).squeeze(1), kept])
+            chosen_refs, chosen_labels = references[keep], labels[keep]
+        grid = query[::stride, ::stride]
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        shares = knn_label_shares(grid.reshape(-1, dim).to(dtype), chosen_refs.to(dtype), chosen_labels, 2, 64, 4096).float()
+        foreground_share = shares[:, 1].view(1, 1, *grid.shape[:2])
+        if stride > 1:
+            foreground_share = F.interpolate(foreground_share, size=(size, size), mode="bilinear", align_corners=False)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - started, foreground_share.view(size, size)
+
+    reference_seconds, reference_share = run(torch.float32, 1, 1.0)
+    options = [("fp32 (reference)", torch.float32, 1, 1.0), ("bf16 similarity", torch.bfloat16, 1, 1.0)]
+    if device == "cuda":
+        options.append(("fp16 similarity", torch.float16, 1, 1.0))
+    options += [("kNN on every 2nd pixel", torch.float32, 2, 1.0), ("half the negatives", torch.float32, 1, 0.5)]
+    rows = []
+    for name, dtype, stride, keep in options:
+        seconds, share = (reference_seconds, reference_share) if name.startswith("fp32") else run(dtype, stride, keep)
+        same = ((share > 0.5) == (reference_share > 0.5)).float().mean().item()
+        rows.append([name, f"{seconds:.2f}", f"{reference_seconds / seconds:.2f}x", f"{100 * same:.2f}", f"{(share - reference_share).abs().mean().item():.4f}"])
+    print(f"dml_knn kNN, 1-shot {size}x{size} query, {dim}-d, {references.shape[0]} references, k 64, device {device} "
+          "(clustered synthetic embeddings)")
+    print(tabulate(rows, headers=["option", "s per query", "speed-up", "% pixels with fp32's label", "mean |share diff|"], tablefmt="github"))
 
 
 def knn_memory(args) -> None:
@@ -140,6 +201,11 @@ def main(argv: list[str] | None = None) -> None:
     memory.add_argument("--ratio", type=int, default=20, help="dml_knn's negative_samples_ratio")
     memory.add_argument("--dim", type=int, default=512)
     memory.set_defaults(handler=knn_memory)
+    options = commands.add_parser("knn-options")
+    options.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    options.add_argument("--size", type=int, default=400)
+    options.add_argument("--dim", type=int, default=512)
+    options.set_defaults(handler=knn_options)
     timing_parser = commands.add_parser("timing")
     timing_parser.add_argument("runs", nargs="+")
     timing_parser.set_defaults(handler=timing)

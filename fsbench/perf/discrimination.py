@@ -1,6 +1,6 @@
 """Does a trained method tell the support classes apart, or only find objects?
 
-    python -m fsbench.perf_discrimination RUN_DIR... [--way 2] [--split test|train] [--episodes 300]
+    python -m fsbench.perf.discrimination RUN_DIR... [--way 2] [--split test|train] [--episodes 300]
 
 For each run folder (its config.json and, when it trained, model.safetensors) it rebuilds the method,
 samples N-way FS-CS episodes of the run's benchmark and fold (benchmark options other than the
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from fsbench.engine.padding import predict_padded
 from fsbench.errors import FsbenchError
 from fsbench.run_records import read_results
 
@@ -97,7 +98,7 @@ def discrimination(run_dir: Path, way: int, split: str, episodes: int, datapath:
     with torch.inference_mode():
         for index in range(len(sampler)):
             episode = sampler[index]
-            prediction = method.predict(episode.without_query_labels())
+            prediction = predict_padded(method, episode.without_query_labels())
             episode_wins, episode_pixels = way_wins(prediction.fg_probs, episode.query_masks)
             wins, pixels = wins + episode_wins, pixels + episode_pixels
             present.append(prediction.presence[episode.query_presence])
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from fsbench import PROJECT_ROOT
 
-    parser = argparse.ArgumentParser(prog="python -m fsbench.perf_discrimination", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m fsbench.perf.discrimination", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--way", type=int, default=2)

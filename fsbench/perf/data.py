@@ -1,7 +1,7 @@
 """Data-side measurements: loader throughput on a generated VOC tree, COCO index build/warm start.
 
-    python -m fsbench.perf_data loader [--images 300] [--episodes 40]
-    python -m fsbench.perf_data coco-index [--images 82000] [--annotations-per-image 7.3]
+    python -m fsbench.perf.data loader [--images 300] [--episodes 40]
+    python -m fsbench.perf.data coco-index [--images 82000] [--annotations-per-image 7.3]
 
 Each writes its generated data to a temporary folder (or --workdir) and prints a table.
 """
@@ -23,7 +23,7 @@ from fsbench.episode import collate_episodes
 
 def loader_throughput(workdir: Path, images: int, episodes: int, size: int) -> list[list]:
     """Episodes/s through EpisodeSampler + DataLoader on a VOC tree of 500x375 JPEGs (VOC's typical size)."""
-    from benchmarks.fake_datasets import make_voc
+    from fsbench.fixtures import make_voc
     from benchmarks.pascal import Pascal
     from fsbench.protocols import get_protocol
     from fsbench.sampler import EpisodeSampler
@@ -65,7 +65,7 @@ def _child_build(workdir: Path) -> None:
 
 def coco_index_timing(workdir: Path, images: int, annotations_per_image: float) -> list[list]:
     from benchmarks.coco import Coco
-    from benchmarks.fake_datasets import coco_sized_instances, make_coco2014
+    from fsbench.fixtures import coco_sized_instances, make_coco2014
 
     make_coco2014(workdir, train=8, val=80, write_images=False)  # a small val split; train is replaced
     instances = workdir / "COCO2014/annotations/instances_train2014.json"
@@ -75,7 +75,7 @@ def coco_index_timing(workdir: Path, images: int, annotations_per_image: float) 
     summary = (len(data["images"]), len(data["annotations"]), instances.stat().st_size / 2**20)
     del data
     print(f"generated {summary[0]} images, {summary[1]} annotations, {summary[2]:.0f} MiB JSON in {time.perf_counter() - started:.0f} s", flush=True)
-    child = subprocess.run([sys.executable, "-m", "fsbench.perf_data", "_coco-child", "--workdir", str(workdir)],
+    child = subprocess.run([sys.executable, "-m", "fsbench.perf.data", "_coco-child", "--workdir", str(workdir)],
                            capture_output=True, text=True, check=True)
     cold = json.loads(child.stdout.strip().splitlines()[-1])
     Coco(workdir, 0)  # builds the small val index
@@ -94,7 +94,7 @@ def coco_index_timing(workdir: Path, images: int, annotations_per_image: float) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fsbench.perf_data", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m fsbench.perf.data", description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("loader", "coco-index", "_coco-child"))
     parser.add_argument("--workdir", type=Path, help="where to generate the data (default: a temporary folder)")
     parser.add_argument("--images", type=int, help="loader: VOC val images (300); coco-index: images (82000)")

@@ -1,6 +1,6 @@
 """How long a paper table takes: fabricate a grid of finished runs, then time main_table on it.
 
-    python -m fsbench.perf_tables [--episodes 1000] [--resamples 1000] [--repeats 3] [--keep DIR]
+    python -m fsbench.perf.tables [--episodes 1000] [--resamples 1000] [--repeats 3] [--keep DIR]
 
 The grid is 4 folds x 2 shots (1, 5) x 3 methods x 2 seeds = 48 run folders, each with a
 results.json and an episodes.csv of realistic size (one row per episode, 1-way, 1 query). Methods
