@@ -6,7 +6,7 @@ A 1-way model (PFENet, PANet-style learners) run once per way gives each way n a
 - background = the mean over ways of the per-way background log-probabilities (merge_bg_masks);
 - channel n = way n's foreground log-probability;
 - labels = argmax over the (1 + N) channels after bilinear upsampling *of the log-probabilities*
-  with align_corners=True;
+  with align_corners=True (a Prediction with upsampling "log_probabilities" resizes the same way);
 - presence of way n: its largest foreground probability at feature resolution is >= 0.5
   (collect_class_presence compares log-probabilities with log 0.5).
 For one way the argmax equals PFENet's argmax of bilinearly upsampled logits: the two channels'
@@ -55,14 +55,3 @@ def upsample_log_probs(log_probs: Tensor, size: tuple[int, int]) -> Tensor:
     if tuple(log_probs.shape[-2:]) == tuple(size):
         return log_probs
     return F.interpolate(log_probs, size=size, mode="bilinear", align_corners=True)
-
-
-def label_probabilities(log_probs: Tensor) -> Tensor:
-    """[Q, 1 + N, H, W] log-probabilities -> [Q, 1 + N, H, W] probabilities summing to 1 per pixel.
-
-    The softmax keeps each pixel's argmax over (background, ways), so argmax over these channels is
-    iFSL's labelling; for one way, channel 1 is exactly PFENet's foreground probability (softmax of its
-    upsampled logits), so thresholding it at 0.5 is PFENet's argmax too. Channel 0 is what a
-    Prediction's background map holds, channels 1.. its fg_probs.
-    """
-    return torch.softmax(log_probs, dim=1)

@@ -1,14 +1,24 @@
-"""pfenet's parts against direct computations: prior mask, support pooling, iFSL's way merge, padding, training."""
+"""pfenet's parts against direct computations: prior mask, support pooling, iFSL's way merge, input sizes,
+training (PFENet's losses, groups and poly schedule; weak from class tags only, also for panet)."""
 from __future__ import annotations
 
 import math
 
+from dataclasses import replace
+
 import pytest
 import torch
 
+from fsbench.engine.batched import EncodingCache, predict_episodes
+from fsbench.engine.fit import FitSettings, _set_modes as set_modes, fit, single_update
+from fsbench.engine.padding import predict_padded
+from fsbench.engine.plan import TrainingContext
 from fsbench.episode import Episode
+from fsbench.registry import METHODS
+from fsbench.sampler import EpisodeSampler
+from fsbench.transforms import SquashResize
 from methods.feature_enrichment import POOLING_EPSILON, bin_size, weighted_average_pool
-from methods.pfenet import PFENet, PFENetConfig, aligned_size, pad_to_input_size
+from methods.pfenet import PFENet, PFENetConfig, aligned_size, way_prediction
 from methods.prior_mask import (
     PRIOR_EPSILON,
     ifsl_shared_support_vectors,
@@ -16,7 +26,7 @@ from methods.prior_mask import (
     prior_mask,
     shots_prior,
 )
-from methods.way_merging import label_probabilities, merge_ways
+from methods.way_merging import merge_ways, upsample_log_probs
 
 
 def loop_prior(query: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
@@ -97,24 +107,50 @@ def test_merge_ways_hand_worked():
     expected = torch.tensor([background, math.log(0.75), math.log(0.25)]).view(1, 3, 1, 1)
     assert torch.allclose(merged.log_probs, expected, atol=1e-6)
     assert torch.allclose(merged.presence, torch.tensor([[0.75, 0.25]]))
-    probabilities = label_probabilities(merged.log_probs)
-    assert torch.allclose(probabilities.sum(1), torch.ones(1, 1, 1)) and probabilities.argmax(1).item() == 1
+    prediction = way_prediction(logits, (1, 1), nodes_on_pixels=True)
+    assert torch.allclose(prediction.fg_probs.flatten(), torch.tensor([0.75, 0.25]))
+    assert torch.allclose(prediction.bg_probs.flatten(), torch.tensor([math.exp(background)]))
+    assert prediction.labels().item() == 1 and torch.allclose(prediction.presence, torch.tensor([[0.75, 0.25]]))
 
 
-def test_one_way_probability_is_the_softmax_of_upsampled_logits():
-    # For one way, channel 1 after log-space upsampling equals PFENet's softmax of upsampled logits.
+def test_one_way_labels_are_pfenets_argmax_of_upsampled_logits():
+    # For one way, argmax over the log-space-upsampled (background, foreground) equals PFENet's argmax
+    # of bilinearly upsampled logits: the two channels differ by the logit difference everywhere.
     generator = torch.Generator().manual_seed(2)
     logits = torch.randn(1, 1, 2, 4, 4, generator=generator)
-    from methods.way_merging import upsample_log_probs
+    ours = way_prediction(logits, (25, 25), nodes_on_pixels=True).labels()
+    pfenet = torch.nn.functional.interpolate(logits[:, 0], size=(25, 25), mode="bilinear", align_corners=True).argmax(1)
+    assert torch.equal(ours, pfenet)
 
-    ours = label_probabilities(upsample_log_probs(merge_ways(logits).log_probs, (25, 25)))[:, 1]
-    pfenet = torch.nn.functional.interpolate(logits[:, 0], size=(25, 25), mode="bilinear", align_corners=True).softmax(1)[:, 1]
-    assert torch.allclose(ours, pfenet, atol=1e-6)
+
+def test_n_way_labels_and_presence_are_ifsls():
+    # iFSL: argmax of the upsampled merged log-probabilities; presence: a way's largest foreground
+    # log-probability at feature resolution >= log 0.5.
+    generator = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, 3, 2, 5, 5, generator=generator) * 3
+    way_log_probs = torch.log_softmax(logits, dim=2)
+    merged = torch.cat([way_log_probs[:, :, 0].mean(1, keepdim=True), way_log_probs[:, :, 1]], 1)
+    expected_labels = torch.nn.functional.interpolate(merged, size=(33, 33), mode="bilinear", align_corners=True).argmax(1)
+    expected_presence = way_log_probs[:, :, 1].amax(dim=(-1, -2)) >= math.log(0.5)
+    prediction = way_prediction(logits, (33, 33), nodes_on_pixels=True)
+    assert torch.equal(prediction.labels(), expected_labels)
+    assert torch.equal(prediction.presence >= 0.5, expected_presence)
+    # 33 = 8 x 4 + 1: every feature lands on a pixel, so the maps' maximum is the presence.
+    assert torch.allclose(prediction.fg_probs.flatten(2).amax(2), prediction.presence, atol=1e-6)
+    # Resizing for original-size scoring interpolates in log space with align_corners, as iFSL.
+    resized = prediction.resized((50, 60)).labels()
+    assert torch.equal(resized, torch.nn.functional.interpolate(
+        torch.cat([prediction.bg_probs.unsqueeze(1), prediction.fg_probs], 1).log(), size=(50, 60), mode="bilinear", align_corners=True).argmax(1))
 
 
 @pytest.mark.parametrize("size,aligned", [(473, 473), (641, 641), (400, 401), (64, 65), (1, 1)])
 def test_aligned_size(size, aligned):
     assert aligned_size(size) == aligned and (aligned - 1) % 8 == 0
+
+
+def test_valid_size_follows_align_input():
+    assert quick_method().valid_size(400, 128) == (401, 129)
+    assert quick_method(align_input=False).valid_size(400, 128) == (400, 128)
 
 
 def small_episode(size: int, way: int = 1, shot: int = 1, queries: int = 1) -> Episode:
@@ -129,30 +165,26 @@ def small_episode(size: int, way: int = 1, shot: int = 1, queries: int = 1) -> E
     )
 
 
-def test_padding_keeps_the_content_and_ignores_the_border():
-    episode = small_episode(30)
-    padded = pad_to_input_size(episode, align=True)
-    assert padded.query_images.shape[-2:] == (33, 33)
-    assert torch.equal(padded.query_images[..., :30, :30], episode.query_images)
-    assert (padded.query_masks[:, 30:] == 255).all() and (padded.support_masks[..., :, 30:] == 255).all()
-    # Black before normalisation: (0 - mean) / std per channel.
-    assert torch.allclose(padded.query_images[0, :, 31, 31], torch.tensor([-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225]))
-    assert pad_to_input_size(episode, align=False) is episode
-
-
 def quick_method(**overrides) -> PFENet:
     torch.manual_seed(0)
     return PFENet(PFENetConfig.quick().with_overrides(overrides, "pfenet"), "cpu")
 
 
-def test_prediction_crops_back_and_several_queries_are_independent():
+def test_engine_pads_crops_back_and_encoded_batches_agree():
+    # The engine pads 30 -> 33 (8k + 1) and crops back; the batched path (each image encoded once)
+    # gives the same maps as episode-by-episode prediction; queries are independent of each other.
     method = quick_method().eval()
     episode = small_episode(30, way=2, queries=2)
-    both = method.predict(episode)
-    assert both.fg_probs.shape == (2, 2, 30, 30)
-    first = method.predict(Episode(**{**episode.__dict__, "query_images": episode.query_images[:1],
-                                     "query_masks": episode.query_masks[:1], "query_presence": episode.query_presence[:1]}))
+    episode.query_ids, episode.support_ids = ["q0", "q1"], [["s0"], ["s1"]]
+    both = predict_padded(method, episode)
+    assert both.fg_probs.shape == (2, 2, 30, 30) and both.bg_probs.shape == (2, 30, 30)
+    (batched,) = predict_episodes(method, [episode], EncodingCache(64))
+    assert torch.allclose(batched.fg_probs, both.fg_probs, atol=1e-6) and torch.allclose(batched.presence, both.presence)
+    first = predict_padded(method, Episode(**{**episode.__dict__, "query_images": episode.query_images[:1],
+                                              "query_masks": episode.query_masks[:1], "query_presence": episode.query_presence[:1]}))
     assert torch.allclose(both.fg_probs[:1], first.fg_probs, atol=1e-6)
+    # Presence after cropping: the largest foreground probability over the kept pixels only.
+    assert torch.allclose(both.presence, both.fg_probs.flatten(2).amax(2))
 
 
 def test_per_way_prior_equals_one_way_runs():
@@ -189,31 +221,82 @@ def test_training_losses_restate_the_cross_entropy():
     assert torch.allclose(losses["total"], main + aux, atol=1e-5)
 
 
-def test_parameter_groups_and_poly_schedule():
-    config = PFENetConfig(backbone="resnet18", pretrained=False, batch_size=1)
+def test_parameter_groups_and_poly_schedule(tiny_shapes):
+    config = PFENetConfig(backbone="resnet18", pretrained=False, deep_stem=False, batch_size=1, reduce_dim=16)
+    torch.manual_seed(0)
     method = PFENet(config, "cpu")
-    groups = method.parameter_groups()
-    assert [group["name"] for group in groups] == [
+    (stage,) = method.training_stages(TrainingContext(steps=4, base_classes=tiny_shapes.classes("train")))
+    groups = stage.parameter_groups()
+    assert [group.name for group in groups] == [
         "reduce_query", "reduce_support", "merge", "interaction", "refine", "auxiliary_classifiers", "fuse", "fuse_refine", "classifier"
     ]
-    assert all(group["lr_multiplier"] == 10.0 for group in groups)
+    assert all(group.lr_multiplier == 10.0 for group in groups)
     assert not any(parameter.requires_grad for parameter in method.backbone.parameters())
     trainable = sum(parameter.numel() for parameter in method.modules()["enrichment"].parameters())
-    grouped = sum(parameter.numel() for group in groups[2:] for parameter in group["params"])
+    grouped = sum(parameter.numel() for group in groups[2:] for parameter in group.parameters)
     assert trainable == grouped
-    method._make_optimizer(total_updates=4)
-    episode = small_episode(17)
-    for update in range(1, 5):
-        method.train_step(episode)
-        expected = 0.0025 * 10 * (1 - update / 4) ** 0.9  # PFENet's poly_learning_rate at iteration `update`
-        assert math.isclose(method.optimizer.param_groups[0]["lr"], expected, rel_tol=1e-12, abs_tol=1e-15)
+    assert stage.optimiser.name == "sgd" and stage.optimiser.momentum == 0.9 and stage.optimiser.weight_decay == 1e-4
+    # The lr each update used, through the engine: 0.0025 x 10 x (1 - t / T) ** 0.9, t = 0..T-1.
+    rates = []
+    fit(method, tiny_shapes, FitSettings(steps=4, transform=SquashResize(33), progress=False,
+                                         on_step=lambda step, row: rates.append(row["lr"])), run_dir=None)
+    assert rates == pytest.approx([0.0025 * 10 * (1 - update / 4) ** 0.9 for update in range(4)], rel=1e-12)
 
 
 def test_backbone_statistics_follow_the_setting():
-    method = quick_method(backbone_batch_statistics=False).train()
-    assert not method.backbone.training and method.enrichment.training
-    method = quick_method().train()
-    assert method.backbone.training
+    for batch_statistics in (False, True):
+        method = quick_method(backbone_batch_statistics=batch_statistics)
+        (stage,) = method.training_stages(TrainingContext(steps=1, base_classes=[1]))
+        set_modes(method, stage)
+        assert method.backbone.training is batch_statistics and method.enrichment.training
+
+
+def poisoned(episode: Episode, seed: int) -> Episode:
+    """The episode with random support and query masks (a method reading them would see noise)."""
+    generator = torch.Generator().manual_seed(seed)
+    return replace(
+        episode,
+        support_masks=torch.randint(0, 2, episode.support_masks.shape, generator=generator),
+        query_masks=torch.randint(0, episode.way + 1, episode.query_masks.shape, generator=generator),
+    )
+
+
+@pytest.mark.parametrize("name", ["pfenet", "panet"])
+def test_weak_training_never_reads_a_mask(name, tiny_shapes):
+    # The engine's weak update on an episode and on copies with poisoned masks: the same loss and the
+    # same weights after the update. Flipping the class tags changes the loss, so the test can fail.
+    sampler = EpisodeSampler(tiny_shapes, "train", way=2, shot=1, episodes=4, seed=0, task="fscs", transform=SquashResize(33))
+    episode = next(item for item in (sampler[index] for index in range(4)) if not item.query_presence.all())
+
+    def weak_update(item: Episode):
+        method_class = METHODS.get(name)
+        torch.manual_seed(0)
+        method = method_class(method_class.Config.quick(), "cpu")
+        (stage,) = method.training_stages(TrainingContext(steps=1, base_classes=tiny_shapes.classes("train"), way=2, task="fscs", weak=True))
+        set_modes(method, stage)
+        optimiser = stage.optimiser.build(stage.parameter_groups())
+        scalars, _ = single_update(method, stage, optimiser, [item], seed=5, weak=True)
+        return scalars["loss"], method.state_dict()
+
+    loss, state = weak_update(episode)
+    for seed in (1, 2):
+        poisoned_loss, poisoned_state = weak_update(poisoned(episode, seed))
+        assert poisoned_loss == loss
+        assert all(torch.equal(state[key], poisoned_state[key]) for key in state)
+    flipped_loss, _ = weak_update(replace(episode, query_presence=~episode.query_presence))
+    assert flipped_loss != loss
+
+
+def test_weak_loss_is_ifsls_classification_objective():
+    # iFSL: nll of the spatially averaged per-way log-softmax maps under the presence label.
+    method = quick_method(align_input=False).eval()
+    episode = small_episode(32, way=2).with_class_tags_only()
+    episode.query_presence = torch.tensor([[True, False]])
+    with torch.no_grad():
+        loss = method.weak_loss(episode, None)["loss"]
+        log_probs = torch.log_softmax(method.way_logits(episode)[0], dim=2).mean(dim=(-1, -2))  # [Q, N, 2]
+    expected = -(log_probs[0, 0, 1] + log_probs[0, 1, 0]) / 2
+    assert torch.allclose(loss, expected, atol=1e-6)
 
 
 def test_deep_stem_imagenet_weights_load_from_a_local_file(tmp_path, monkeypatch):
