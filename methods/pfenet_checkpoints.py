@@ -9,19 +9,27 @@
   learner.{init_merge, alpha_conv, beta_conv, inner_cls, res1, res2, cls}; iFSL builds a ResNet-50
   whatever its --backbone flag said, with pyramid bins 50/25/13/7 for 400x400 inputs.
 The architecture (block counts, stem, reduced width, number of bins) is read from the keys; the
-mapping is by prefix and every key must land (strict matching is the caller's).
+mapping is by prefix and every key must land (strict). Both readers are registered in
+fsbench.model_files.FOREIGN_CHECKPOINTS, so ``--eval --load``, fine-tuning ``--load`` and
+``predict --load`` read them; each returns None for a file that is not its layout (HSNet's and
+ASNet's iFSL checkpoints have ``backbone.*`` and ``learner.*`` but no ``learner.init_merge.*``).
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
+from pathlib import Path
+
+import torch
 from torch import Tensor
 
 from fsbench.errors import FsbenchError
-from fsbench.foreign import ForeignFile, find_state_dict, strip_prefix
+from fsbench.foreign import strict_match, strip_prefix
+from fsbench.model_files import FOREIGN_CHECKPOINTS, ForeignWeights
 from methods.dilated_resnet import architecture_of_block_counts
 from methods.feature_enrichment import IFSL_BINS, PASCAL_BINS
+from methods.pfenet import LAYOUT_SETTINGS, PFENet
 
 _ENRICHMENT = [
     ("init_merge.", "enrichment.merge."),
@@ -106,19 +114,68 @@ def _count(state: dict[str, Tensor], prefix: str) -> int:
     return len({int(found.group(1)) for key in state if (found := pattern.match(key))})
 
 
-def map_checkpoint(foreign: ForeignFile) -> MappedCheckpoint:
-    """Detect the layout of ``foreign`` (PFENet .pth or iFSL .ckpt), read its architecture, rename its keys."""
-    path = foreign.path
-    state = find_state_dict(foreign.content, path)
-    if any(key.startswith("backbone0.") for key in state) and any(key.startswith("learner.") for key in state):
-        return _map_ifsl(state, path)
-    unwrapped = strip_prefix(state, "module.")  # DataParallel
-    if any(key.startswith("layer0.") for key in unwrapped) and any(key.startswith("init_merge.") for key in unwrapped):
-        return _map_pfenet(unwrapped, path)
-    raise FsbenchError(
-        f"{path} is neither PFENet's checkpoint (layer0-4, down_query, down_supp, init_merge, ...) nor iFSL's fs-cs "
-        f"PFENet (backbone0-4, down_qry, down_spt, learner.*); its keys start {', '.join(sorted(state)[:3])}"
+# The input size iFSL trained its fs-cs models at (its 400x400 loaders); PFENet's files do not say
+# whether they were trained at Pascal's 473 or COCO's 641.
+IFSL_IMAGE_SIZE = 400
+
+
+def state_dict_of(content) -> dict[str, Tensor] | None:
+    """The {name: tensor} mapping of a torch file's content (itself or its "state_dict"), or None."""
+    for candidate in (content, content.get("state_dict") if isinstance(content, dict) else None):
+        if isinstance(candidate, dict) and candidate and all(isinstance(key, str) and isinstance(value, Tensor) for key, value in candidate.items()):
+            return dict(candidate)
+    return None
+
+
+def is_ifsl_pfenet(state: dict[str, Tensor]) -> bool:
+    """iFSL's fs-cs PFENet keys: backbone0..4, down_qry / down_spt, learner.init_merge (its FEM)."""
+    return "down_qry.0.weight" in state and any(key.startswith("backbone0.") for key in state) and any(
+        key.startswith("learner.init_merge.") for key in state
     )
+
+
+def is_pfenet(state: dict[str, Tensor]) -> bool:
+    """PFENet's keys (after DataParallel's "module."): layer0, down_query / down_supp, init_merge."""
+    return "down_query.0.weight" in state and "down_supp.0.weight" in state and any(key.startswith("init_merge.") for key in state) and any(
+        key.startswith("layer0.") for key in state
+    )
+
+
+@FOREIGN_CHECKPOINTS.register("pfenet_original")
+def read_pfenet_checkpoint(path: Path, content) -> ForeignWeights | None:
+    """PFENet's train_epoch_*.pth / final.pth as pfenet weights, or None when not that layout."""
+    state = state_dict_of(content)
+    state = strip_prefix(state, "module.") if state is not None else None  # DataParallel
+    if state is None or not is_pfenet(state):
+        return None
+    mapped = _map_pfenet(state, path)
+    epoch = content.get("epoch") if isinstance(content, dict) else None
+    return _foreign_weights(mapped, path, f"PFENet .pth (DataParallel state_dict), epoch {epoch}", img_size=None)
+
+
+@FOREIGN_CHECKPOINTS.register("ifsl_pfenet")
+def read_ifsl_pfenet_checkpoint(path: Path, content) -> ForeignWeights | None:
+    """iFSL's fs-cs PFENet Lightning .ckpt as pfenet weights, or None when not that layout."""
+    state = state_dict_of(content)
+    if state is None or not is_ifsl_pfenet(state):
+        return None
+    mapped = _map_ifsl(state, path)
+    epoch = content.get("epoch") if isinstance(content, dict) else None
+    return _foreign_weights(mapped, path, f"iFSL fs-cs PFENet Lightning .ckpt, epoch {epoch}", img_size=IFSL_IMAGE_SIZE)
+
+
+def _foreign_weights(mapped: MappedCheckpoint, path: Path, description: str, img_size: int | None) -> ForeignWeights:
+    """Check ``mapped`` strictly against the network its settings build; the ForeignWeights."""
+    config = PFENet.Config().with_overrides({**mapped.config, "pretrained": False}, "pfenet")
+    if mapped.bins != len(config.pyramid_bins):
+        raise FsbenchError(
+            f"{path} has {mapped.bins} pyramid bins, pfenet is set up for {len(config.pyramid_bins)} "
+            f"({'/'.join(map(str, config.pyramid_bins))})"
+        )
+    with torch.device("meta"):  # shapes only: nothing is allocated or initialised for real
+        expected = PFENet(config, "meta").state_dict()
+    strict_match(mapped.state, expected, path, f"pfenet ({config.backbone}, {mapped.layout} layout)")
+    return ForeignWeights("pfenet", mapped.config, mapped.state, description, mapped.notes, img_size=img_size)
 
 
 def _map_pfenet(state: dict[str, Tensor], path) -> MappedCheckpoint:
@@ -129,18 +186,17 @@ def _map_pfenet(state: dict[str, Tensor], path) -> MappedCheckpoint:
     architecture = _architecture(state, [f"layer{index}." for index in range(1, 5)], path)
     config = {
         "backbone": architecture,
-        "deep_stem": True,
         "reduce_dim": int(state["down_query.0.weight"].shape[0]),
         # The keys cannot tell Pascal's bins from COCO's (COCO_BINS); Pascal's are PFENet's default.
         "pyramid_bins": PASCAL_BINS,
-        "prior_layout": "per_way",
-        "align_input": True,
         "train_backbone": False,
         "backbone_batch_statistics": True,
+        "weights_layout": "pfenet",
+        **LAYOUT_SETTINGS["pfenet"],
     }
     notes = [
         f"{path}: PFENet checkpoint, deep-stem {architecture} (read from its keys), reduced width {config['reduce_dim']}, "
-        f"bins {'/'.join(map(str, PASCAL_BINS))} (PFENet's Pascal setting; its COCO models used 1.0/0.5/0.25/0.125)"
+        f"bins {'/'.join(map(str, PASCAL_BINS))} (PFENet's Pascal setting; for its COCO models --set pyramid_bins=1.0,0.5,0.25,0.125)"
     ]
     return MappedCheckpoint("pfenet", rename(state, PFENET_RENAMES), config, _count(state, "init_merge."), notes)
 
@@ -149,13 +205,11 @@ def _map_ifsl(state: dict[str, Tensor], path) -> MappedCheckpoint:
     architecture = _architecture(state, [f"backbone{index}." for index in range(1, 5)], path)
     config = {
         "backbone": architecture,
-        "deep_stem": False,
         "reduce_dim": int(state["down_qry.0.weight"].shape[0]),
-        "pyramid_bins": IFSL_BINS,
-        "prior_layout": "ifsl",
-        "align_input": False,
         "train_backbone": False,
-        "backbone_batch_statistics": False,  # iFSL's train_mode keeps the backbone in eval mode
+        "weights_layout": "ifsl",
+        # iFSL's train_mode keeps the backbone in eval mode (backbone_batch_statistics False).
+        **LAYOUT_SETTINGS["ifsl"],
     }
     notes = [
         f"{path}: iFSL fs-cs PFENet checkpoint; iFSL builds a torchvision {architecture} whatever its --backbone said, "

@@ -11,10 +11,12 @@ import pytest
 import torch
 import torchvision
 
+import methods  # noqa: F401  (registers the methods and the foreign readers)
 from fsbench.cli import main
 from fsbench.errors import FsbenchError
 from fsbench.foreign import read_torch_file
-from methods.pfenet import PFENet
+from fsbench.model_files import load_method, read_weights
+from methods.pfenet_checkpoints import read_ifsl_pfenet_checkpoint, read_pfenet_checkpoint
 
 REDUCE, BINS = 256, 4
 RAN = []
@@ -129,43 +131,50 @@ def write_ifsl(path, state, callbacks_module):
                 "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.0025, "params": [0, 1]}]}], "lr_schedulers": []}, path)
 
 
-def loaded_method(path) -> tuple[PFENet, object]:
-    imported = PFENet.from_foreign(read_torch_file(path))
-    config = PFENet.Config(pretrained=False).with_overrides(imported.config, "pfenet")
-    method = PFENet(config, "cpu")
-    method.load_state_dict(imported.state)
-    return method, imported
-
-
-def test_pfenet_pth_loads_strictly(tmp_path, checkpoint_states):
+def test_pfenet_pth_loads_strictly(tmp_path, checkpoint_states, capsys):
     state = checkpoint_states["pfenet"]
     path = tmp_path / "train_epoch_199_0.6123.pth"
     write_pfenet(path, state)
-    method, imported = loaded_method(path)
+    method, record = load_method(path, "pfenet", torch.device("cpu"))
     assert method.config.backbone == "resnet50" and method.config.deep_stem and method.config.prior_layout == "per_way"
-    assert method.config.pyramid_bins == (60, 30, 15, 8)
-    assert len(imported.state) == len(state)
+    assert tuple(method.config.pyramid_bins) == (60, 30, 15, 8) and method.config.weights_layout == "pfenet"
+    assert len(method.state_dict()) == len(state)
     assert torch.equal(method.backbone.conv3.weight, state["module.layer0.6.weight"])
     assert torch.equal(method.backbone.bn3.running_var, state["module.layer0.7.running_var"])
     assert torch.equal(method.backbone.layer4[2].conv3.weight, state["module.layer4.2.conv3.weight"])
     assert torch.equal(method.reduce_support[0].weight, state["module.down_supp.0.weight"])
     assert torch.equal(method.enrichment.interaction[2][0].weight, state["module.alpha_conv.2.0.weight"])
     assert torch.equal(method.enrichment.classifier[3].bias, state["module.cls.3.bias"])
-    assert imported.provenance["epoch"] == 199 and len(imported.provenance["sha256"]) == 64
+    assert record["format"] == "pfenet_original" and "epoch 199" in record["description"] and len(record["sha256"]) == 64
+    assert "PFENet checkpoint, deep-stem resnet50" in capsys.readouterr().out
 
 
-def test_ifsl_ckpt_loads_strictly_and_follows_its_keys(tmp_path, checkpoint_states, ifsl_callbacks):
+def test_ifsl_ckpt_loads_strictly_and_follows_its_keys(tmp_path, checkpoint_states, ifsl_callbacks, capsys):
     state = checkpoint_states["ifsl"]
     path = tmp_path / "best_model.ckpt"
     write_ifsl(path, state, ifsl_callbacks)
-    method, imported = loaded_method(path)
+    method, record = load_method(path, "pfenet", torch.device("cpu"))
     assert (method.config.backbone, method.config.deep_stem) == ("resnet50", False)
-    assert method.config.pyramid_bins == (50, 25, 13, 7) and method.config.prior_layout == "ifsl"
+    assert tuple(method.config.pyramid_bins) == (50, 25, 13, 7) and method.config.prior_layout == "ifsl"
     assert torch.equal(method.backbone.conv1.weight, state["backbone0.0.weight"])
     assert torch.equal(method.backbone.layer3[5].bn2.running_mean, state["backbone3.5.bn2.running_mean"])
     assert torch.equal(method.reduce_query[0].weight, state["down_qry.0.weight"])
     assert torch.equal(method.enrichment.auxiliary_classifiers[1][3].weight, state["learner.inner_cls.1.3.weight"])
-    assert any("whatever its --backbone said" in note for note in imported.provenance["notes"])
+    assert record["format"] == "ifsl_pfenet" and record["img_size"] == 400 and "epoch 41" in record["description"]
+    assert "whatever its --backbone said" in capsys.readouterr().out
+
+
+def test_each_reader_takes_only_its_own_layout(tmp_path, checkpoint_states, ifsl_callbacks):
+    pfenet_path, ifsl_path = tmp_path / "final.pth", tmp_path / "best_model.ckpt"
+    write_pfenet(pfenet_path, checkpoint_states["pfenet"])
+    write_ifsl(ifsl_path, checkpoint_states["ifsl"], ifsl_callbacks)
+    pfenet_content, ifsl_content = read_torch_file(pfenet_path).content, read_torch_file(ifsl_path).content
+    assert read_ifsl_pfenet_checkpoint(pfenet_path, pfenet_content) is None
+    assert read_pfenet_checkpoint(ifsl_path, ifsl_content) is None
+    # iFSL's HSNet / ASNet checkpoints: backbone.* and learner.* (no PFENet modules): not PFENet's.
+    hsnet = {"state_dict": {"backbone.conv1.weight": torch.zeros(1), "learner.encoder_layer4.0.weight": torch.zeros(1)}}
+    assert read_pfenet_checkpoint(ifsl_path, hsnet) is None and read_ifsl_pfenet_checkpoint(ifsl_path, hsnet) is None
+    assert read_pfenet_checkpoint(ifsl_path, {"epoch": 3}) is None
 
 
 def test_strictness_and_foreign_globals_are_refused(tmp_path, checkpoint_states, ifsl_callbacks):
@@ -173,15 +182,15 @@ def test_strictness_and_foreign_globals_are_refused(tmp_path, checkpoint_states,
     extra = tmp_path / "extra.ckpt"
     write_ifsl(extra, {**state, "learner.extra.weight": torch.zeros(1)}, ifsl_callbacks)
     with pytest.raises(FsbenchError, match="1 unexpected .*unmapped:learner.extra.weight"):
-        PFENet.from_foreign(read_torch_file(extra))
+        read_weights(extra)
     missing = tmp_path / "missing.ckpt"
     write_ifsl(missing, {key: value for key, value in state.items() if key != "learner.cls.3.bias"}, ifsl_callbacks)
     with pytest.raises(FsbenchError, match="1 missing .*enrichment.classifier.3.bias"):
-        PFENet.from_foreign(read_torch_file(missing))
+        read_weights(missing)
     other = tmp_path / "hsnet.pt"
     torch.save({"backbone.conv1.weight": torch.zeros(1), "learner.encoder.weight": torch.zeros(1)}, other)
-    with pytest.raises(FsbenchError, match="neither PFENet's checkpoint"):
-        PFENet.from_foreign(read_torch_file(other))
+    with pytest.raises(FsbenchError, match="in no format fsbench reads"):
+        read_weights(other)
 
     class Payload:
         def __reduce__(self):
@@ -204,6 +213,11 @@ def test_cli_evaluates_a_foreign_checkpoint_and_refuses_contradicting_flags(tmp_
     error = capsys.readouterr().err
     assert "made for backbone 'resnet50', not 'resnet101'" in error and error.count("\n") == 1
     assert not (tmp_path / "refused").exists()
+    # A setting iFSL's release fixes (not a weight shape, so strict loading alone would not notice).
+    assert main(common + ["--set", "prior_layout=per_way", "--logpath", str(tmp_path / "refused")]) == 1
+    error = capsys.readouterr().err
+    assert "fix prior_layout = 'ifsl'; the run asked for 'per_way'" in error and error.count("\n") == 1
+    assert not (tmp_path / "refused").exists()
 
     assert main(common + ["--logpath", str(tmp_path / "run")]) == 0
     assert "iFSL fs-cs PFENet checkpoint" in capsys.readouterr().out
@@ -212,5 +226,6 @@ def test_cli_evaluates_a_foreign_checkpoint_and_refuses_contradicting_flags(tmp_
     settings = config["method_config"]  # the quick profile of `shapes` gives way to what the file fixes
     assert settings["backbone"] == "resnet50" and settings["deep_stem"] is False and settings["pyramid_bins"] == [50, 25, 13, 7]
     assert settings["prior_layout"] == "ifsl" and settings["train_backbone"] is False and settings["reduce_dim"] == 256
-    assert results["foreign_checkpoint"]["format"] == "iFSL fs-cs PFENet Lightning .ckpt"
-    assert results["foreign_checkpoint"]["sha256"] == config["foreign_checkpoint"]["sha256"]
+    import hashlib
+
+    assert results["started_from"] == {"path": str(path), "format": "ifsl_pfenet", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
