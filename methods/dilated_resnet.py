@@ -44,30 +44,36 @@ class DilatedResNet(nn.Module):
     """Input [B, 3, H, W]; layer2, layer3 and layer4 outputs are all [B, C, ceil(H/8), ceil(W/8)].
 
     ``channels`` gives the output widths of layer2, layer3 and layer4 (512, 1024, 2048 for ResNet-50).
+    ``base_width`` scales every layer (64: the ResNet; smaller only for tests and demos at real image
+    sizes, from scratch: ImageNet weights exist for 64 alone).
     """
 
-    def __init__(self, architecture: str, deep_stem: bool, pretrained: bool):
+    def __init__(self, architecture: str, deep_stem: bool, pretrained: bool, base_width: int = 64):
         super().__init__()
         if architecture not in BLOCKS:
             raise FsbenchError(f"unknown backbone {architecture!r} for pfenet; available: {', '.join(BLOCKS)}")
+        if base_width < 1 or (pretrained and base_width != 64):
+            raise FsbenchError(f"backbone_width {base_width}: ImageNet weights need 64 (pass --pretrained false for another width)")
         block, counts = BLOCKS[architecture]
         self.architecture, self.deep_stem = architecture, deep_stem
+        stem = base_width
         if deep_stem:
-            self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=2, padding=1, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            self.conv2 = nn.Conv2d(64, 64, kernel_size=3, stride=1, padding=1, bias=False)
-            self.bn2 = nn.BatchNorm2d(64)
-            self.conv3 = nn.Conv2d(64, 128, kernel_size=3, stride=1, padding=1, bias=False)
-            self.bn3 = nn.BatchNorm2d(128)
-            width = 128
+            self.conv1 = nn.Conv2d(3, stem, kernel_size=3, stride=2, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(stem)
+            self.conv2 = nn.Conv2d(stem, stem, kernel_size=3, stride=1, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(stem)
+            self.conv3 = nn.Conv2d(stem, 2 * stem, kernel_size=3, stride=1, padding=1, bias=False)
+            self.bn3 = nn.BatchNorm2d(2 * stem)
+            width = 2 * stem
         else:
-            self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            width = 64
+            self.conv1 = nn.Conv2d(3, stem, kernel_size=7, stride=2, padding=3, bias=False)
+            self.bn1 = nn.BatchNorm2d(stem)
+            width = stem
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         layers = []
-        for index, (planes, count) in enumerate(zip((64, 128, 256, 512), counts)):
+        planes_of_layers = tuple(base_width * factor for factor in (1, 2, 4, 8))
+        for index, (planes, count) in enumerate(zip(planes_of_layers, counts)):
             layer, width = _make_layer(block, width, planes, count, stride=1 if index == 0 else 2)
             layers.append(layer)
         self.layer1, self.layer2, self.layer3, self.layer4 = layers

@@ -68,6 +68,8 @@ class PFENetConfig(MethodConfig):
     pretrained: bool = True
     # PFENet's three-conv stem (its ImageNet file resnet50_v2.pth); False = torchvision's 7x7 stem (iFSL).
     deep_stem: bool = True
+    # Channels of the backbone's first layer (64: the ResNet); smaller only from scratch (tests).
+    backbone_width: int = 64
     reduce_dim: int = 256
     # Absolute sides > 1, shares of the feature size <= 1 (PFENet's COCO config: 1.0/0.5/0.25/0.125).
     pyramid_bins: tuple[float, ...] = PASCAL_BINS
@@ -129,7 +131,7 @@ class PFENet(Method):
     def __init__(self, config: PFENetConfig, device: torch.device | str = "cpu"):
         super().__init__(config, device)
         check_config(config)
-        self.backbone = DilatedResNet(config.backbone, config.deep_stem, config.pretrained)
+        self.backbone = DilatedResNet(config.backbone, config.deep_stem, config.pretrained, config.backbone_width)
         if not config.train_backbone:
             freeze(self.backbone)
         layer2_channels, layer3_channels, _ = self.backbone.channels
