@@ -222,7 +222,7 @@ def test_training_losses_restate_the_cross_entropy():
 
 
 def test_parameter_groups_and_poly_schedule(tiny_shapes):
-    config = PFENetConfig(backbone="resnet18", pretrained=False, deep_stem=False, batch_size=1, reduce_dim=16)
+    config = PFENetConfig(backbone="resnet18", pretrained=False, deep_stem=False, backbone_width=8, batch_size=1, reduce_dim=16)
     torch.manual_seed(0)
     method = PFENet(config, "cpu")
     (stage,) = method.training_stages(TrainingContext(steps=4, base_classes=tiny_shapes.classes("train")))
@@ -279,10 +279,9 @@ def test_weak_training_never_reads_a_mask(name, tiny_shapes):
         return scalars["loss"], method.state_dict()
 
     loss, state = weak_update(episode)
-    for seed in (1, 2):
-        poisoned_loss, poisoned_state = weak_update(poisoned(episode, seed))
-        assert poisoned_loss == loss
-        assert all(torch.equal(state[key], poisoned_state[key]) for key in state)
+    poisoned_loss, poisoned_state = weak_update(poisoned(episode, 1))
+    assert poisoned_loss == loss
+    assert all(torch.equal(state[key], poisoned_state[key]) for key in state)
     flipped_loss, _ = weak_update(replace(episode, query_presence=~episode.query_presence))
     assert flipped_loss != loss
 
