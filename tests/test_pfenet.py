@@ -26,7 +26,7 @@ from methods.prior_mask import (
     prior_mask,
     shots_prior,
 )
-from methods.way_merging import merge_ways, upsample_log_probs
+from methods.way_merging import merge_ways
 
 
 def loop_prior(query: torch.Tensor, support: torch.Tensor) -> torch.Tensor:

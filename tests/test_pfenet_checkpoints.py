@@ -187,8 +187,8 @@ def test_strictness_and_foreign_globals_are_refused(tmp_path, checkpoint_states,
     write_ifsl(missing, {key: value for key, value in state.items() if key != "learner.cls.3.bias"}, ifsl_callbacks)
     with pytest.raises(FsbenchError, match="1 missing .*enrichment.classifier.3.bias"):
         read_weights(missing)
-    other = tmp_path / "hsnet.pt"
-    torch.save({"backbone.conv1.weight": torch.zeros(1), "learner.encoder.weight": torch.zeros(1)}, other)
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {"encoder.conv1.weight": torch.zeros(1)}}, other)
     with pytest.raises(FsbenchError, match="in no format fsbench reads"):
         read_weights(other)
 
