@@ -4,6 +4,8 @@ fsbench runs where nothing can be downloaded, so pretrained weights are looked u
 ``$FSBENCH_WEIGHTS/<file>``, ``<project>/data/weights/<file>`` and torch's hub cache
 (``$TORCH_HOME/hub/checkpoints/<file>``, default ~/.cache/torch/hub/checkpoints), with the file names
 torchvision itself uses. Missing weights raise a one-line error that says where to put them.
+PFENet's deep-stem ResNets (three 3x3 convs instead of the 7x7 stem) have their own ImageNet files,
+``resnet50_v2.pth`` / ``resnet101_v2.pth`` (PSPNet's, which PFENet's README links), searched the same way.
 """
 from __future__ import annotations
 
@@ -45,19 +47,42 @@ def imagenet_state_dict(architecture: str) -> dict[str, Tensor]:
             f"no ImageNet weights known for backbone {architecture!r} (known: {', '.join(IMAGENET_WEIGHT_FILES)}); "
             "pass --pretrained false to train from scratch"
         )
-    file_name = IMAGENET_WEIGHT_FILES[architecture]
+    return _read_weight_file(IMAGENET_WEIGHT_FILES[architecture], f"ImageNet weights for {architecture}", "from torchvision")
+
+
+# PFENet's deep-stem ResNet ImageNet weights (its model/resnet.py reads initmodel/<file>).
+DEEP_STEM_WEIGHT_FILES = {
+    "resnet50": "resnet50_v2.pth",
+    "resnet101": "resnet101_v2.pth",
+    "resnet152": "resnet152_v2.pth",
+}
+
+
+def deep_stem_imagenet_state_dict(architecture: str) -> dict[str, Tensor]:
+    """PFENet's deep-stem ImageNet state dict of ``architecture`` (conv1-3/bn1-3 stem, layer1-4, fc)."""
+    if architecture not in DEEP_STEM_WEIGHT_FILES:
+        raise FsbenchError(
+            f"no deep-stem ImageNet weights known for backbone {architecture!r} (known: {', '.join(DEEP_STEM_WEIGHT_FILES)}); "
+            "pass --pretrained false to train from scratch"
+        )
+    return _read_weight_file(
+        DEEP_STEM_WEIGHT_FILES[architecture], f"deep-stem ImageNet weights for {architecture}", "PFENet's initmodel/ file"
+    )
+
+
+def _read_weight_file(file_name: str, what: str, source: str) -> dict[str, Tensor]:
     places = weight_search_paths(file_name)
     for place in places:
         if place.is_file():
             try:
                 return torch.load(place, map_location="cpu", weights_only=True)
             except Exception as error:  # a damaged or foreign file: say which one
-                raise FsbenchError(f"cannot read ImageNet weights {place}: {error}") from None
+                raise FsbenchError(f"cannot read {what} {place}: {error}") from None
     searched = ", ".join(str(place.parent) for place in places)
     hint = "" if os.environ.get("FSBENCH_WEIGHTS") else " (or in a folder named by $FSBENCH_WEIGHTS)"
     raise FsbenchError(
-        f"ImageNet weights for {architecture} not found: looked for {file_name} in {searched}; put that file "
-        f"(from torchvision) in one of them{hint}, or pass --pretrained false"
+        f"{what} not found: looked for {file_name} in {searched}; put that file "
+        f"({source}) in one of them{hint}, or pass --pretrained false"
     )
 
 

@@ -10,6 +10,10 @@ one episode per step, 30000 steps with the lr divided by 10 every 10000.
 
 N-way (FS-CS): the softmax runs over background + N ways, so way n's foreground probability is its
 softmax share; its presence score is the largest such share over the query's pixels.
+
+Weak (``--weak``, iFSL's PANet): the loss is iFSL's classification objective on each way's
+(background, way) log-softmax maps; supports carry no pixel labels, so the background prototype
+pools nothing (zero: cosine 0) and PAR, which needs support masks, is left out.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from fsbench.backbones import FeatureExtractor
 from fsbench.engine.plan import Optimiser, ParameterGroup, Schedule, StepContext, TrainingContext, TrainingStage
 from fsbench.episode import Episode, Prediction
 from fsbench.errors import FsbenchError
-from fsbench.losses import segmentation_loss
+from fsbench.losses import class_tag_loss, segmentation_loss
 from fsbench.registry import METHODS
 from methods.base import Method, MethodConfig
 from methods.prototypes import POOLING_EPSILON, cosine_logits, masked_average_pool, pooling_weights
@@ -64,6 +68,7 @@ class PANetConfig(MethodConfig):
 class PANet(Method):
     Config = PANetConfig
     encodes_images = True
+    supports_weak = True
 
     def __init__(self, config: PANetConfig, device: torch.device | str = "cpu"):
         super().__init__(config, device)
@@ -141,7 +146,7 @@ class PANet(Method):
                 parameter_groups=lambda: [
                     ParameterGroup("encoder", [parameter for parameter in self.encoder.parameters() if parameter.requires_grad])
                 ],
-                loss=self.episode_loss,
+                loss=self.weak_loss if context.weak else self.episode_loss,
             )
         ]
 
@@ -153,6 +158,14 @@ class PANet(Method):
     def episode_loss(self, episode: Episode, context: StepContext) -> dict[str, Tensor]:
         losses = self.training_losses(episode)
         return {"loss": losses["total"], "alignment": losses["alignment"].detach()}
+
+    def weak_loss(self, episode: Episode, context: StepContext) -> dict[str, Tensor]:
+        """iFSL's class-tag objective: way n's map is the log-softmax over (background, way n) logits
+        [Q, N, 2, H, W]; only the query's class presence is read (no mask, no PAR)."""
+        query_logits = self.segment(episode)[0]  # [Q, 1+N, H, W]
+        background = query_logits[:, :1].expand(-1, episode.way, -1, -1)
+        way_maps = torch.stack([background, query_logits[:, 1:]], dim=2)
+        return {"loss": class_tag_loss(torch.log_softmax(way_maps.float(), dim=2), episode.query_presence)}
 
     def training_losses(self, episode: Episode) -> dict[str, Tensor]:
         """{"segmentation", "alignment", "total"} of one training episode (query masks are read)."""

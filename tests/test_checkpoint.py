@@ -19,6 +19,19 @@ def test_round_trip(tmp_path):
     assert not list(tmp_path.glob("*.partial"))
 
 
+def test_header_length_that_looks_like_a_pickle_is_still_read(tmp_path):
+    # A safetensors file starts with its header's length; when that length's low byte is 0x80 (a
+    # pickle's first byte) the file is still safetensors: the "{" after the length says so.
+    for length in range(1, 400):
+        path = tmp_path / f"m{length}.safetensors"
+        save_checkpoint(path, {"w" * length: torch.zeros(1)}, {"method": "pfenet"})
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("no key length gave the wanted header length")
+    assert read_metadata(path)["method"] == "pfenet"
+
+
 class Boom:
     def __reduce__(self):  # would run code if anything unpickled it
         return (open, ("/nonexistent/should-never-be-opened", "r"))
