@@ -18,7 +18,7 @@ from fsbench import PROJECT_ROOT, __version__
 from fsbench.benchmark_options import BenchmarkOptions
 from fsbench.checkpoint import FORMAT, save_checkpoint
 from fsbench.engine import distributed
-from fsbench.engine.batched import resolve_amp
+from fsbench.engine.batched import check_amp, resolve_amp
 from fsbench.engine.evaluate import EvaluationSettings, evaluate
 from fsbench.engine.fit import FitSettings, fit
 from fsbench.episode import LABEL_RULES
@@ -181,7 +181,8 @@ def _build(args, resume: bool, processes: distributed.Processes) -> Run:
     if args.weak and args.lr is None and checkpoint_metadata is None:
         config = config.with_overrides({"lr": config.lr / 10}, args.method)  # iFSL: weak training at a tenth of the lr
     img_size = args.img_size or protocol.img_size(benchmark)
-    args.amp = resolve_amp(args.amp, device, benchmark.quick)
+    args.amp = resolve_amp(args.amp, device, benchmark.quick and method_class.auto_bf16)
+    check_amp(args.amp, device, method_class)
     transform = protocol.make_transform(img_size)
     task = args.task or ("fss" if args.way == 1 else "fscs")
     original_size = args.use_original_imgsize or protocol.score_original_size

@@ -45,6 +45,7 @@ class ASNet(CorrelationMethod):
     learner_class = ASNetLearner
     learner_sees_masks = True
     supports_weak = True
+    cpu_bf16 = False  # torch 2.14's CPU bf16 backward of the attentive squeeze layers aborts (double free)
 
     def support_taps(self, taps: list[Tensor], images: Tensor, masks: Tensor | None) -> list[Tensor]:
         return pool_wide_taps(taps)

@@ -104,6 +104,12 @@ class Method(ABC):
     # with context.weak gives a loss on the query's class presence (iFSL's classification objective),
     # and it predicts from supports whose masks carry no pixel labels.
     supports_weak: ClassVar[bool] = False
+    # --amp auto picks bf16 for the quick profile only for methods measured faster in it and as
+    # accurate (dml_knn: 2.1x per demo step on an AVX512-BF16 CPU); the rest stay float32 unless asked.
+    auto_bf16: ClassVar[bool] = False
+    # False where PyTorch's CPU bf16 kernels fail for the method (asnet / asnethm: the backward of
+    # torch 2.14's CPU bf16 path aborts with a double free), so --amp bf16 on a CPU is refused.
+    cpu_bf16: ClassVar[bool] = True
 
     def __init__(self, config: MethodConfig, device: torch.device | str = "cpu"):
         self.config = config

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from fsbench.errors import FsbenchError
 from fsbench.checkpoint import load_checkpoint
 from fsbench.engine.data import label_lookup, to_training_labels, training_label_count, training_label_of
 from fsbench.engine.fit import FitSettings, fit
@@ -220,3 +221,14 @@ def test_amp_auto_is_bf16_only_for_the_quick_profile_on_native_bf16(monkeypatch)
     assert batched.resolve_amp("auto", cpu, quick=False) == "off"  # protocol runs stay float32
     monkeypatch.setattr(batched, "native_bf16", lambda device: False)
     assert batched.resolve_amp("auto", cpu, quick=True) == "off"  # emulated bf16 would be slower
+
+
+def test_bf16_is_refused_in_one_line_for_a_method_whose_cpu_kernels_fail():
+    from fsbench.engine.batched import check_amp
+    from fsbench.registry import METHODS
+
+    with pytest.raises(FsbenchError, match="cannot run --amp bf16 on the CPU"):
+        check_amp("bf16", torch.device("cpu"), METHODS.get("asnet"))
+    check_amp("off", torch.device("cpu"), METHODS.get("asnet"))
+    check_amp("bf16", torch.device("cpu"), METHODS.get("dml_knn"))
+    assert METHODS.get("dml_knn").auto_bf16 and not METHODS.get("panet").auto_bf16

@@ -42,11 +42,19 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_amp(mode: str, device: torch.device, quick: bool) -> str:
-    """``--amp auto`` (the default): bf16 for a quick profile (the demo) on a device with native
-    bf16, float32 everywhere else, so published-protocol numbers stay float32 unless asked for."""
+    """``--amp auto`` (the default): bf16 for a quick profile of a method measured in bf16 (the
+    demo; ``quick`` says both) on a device with native bf16, float32 everywhere else, so
+    published-protocol numbers stay float32 unless asked for."""
     if mode != "auto":
         return mode
     return "bf16" if quick and native_bf16(device) else "off"
+
+
+def check_amp(mode: str, device: torch.device, method_class) -> None:
+    """Refuse in one line a precision the method's kernels cannot run on ``device``."""
+    if mode == "bf16" and device.type == "cpu" and not getattr(method_class, "cpu_bf16", True):
+        raise FsbenchError(f"method {method_class.registry_name!r} cannot run --amp bf16 on the CPU (PyTorch's CPU bf16 "
+                           "kernels fail on its layers); use --amp off, or bf16 on a GPU")
 
 
 def autocast(device: torch.device, mode: str):

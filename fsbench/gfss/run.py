@@ -19,7 +19,7 @@ import torch
 from fsbench import PROJECT_ROOT, __version__
 from fsbench.benchmark_options import BenchmarkOptions
 from fsbench.checkpoint import FORMAT, save_checkpoint
-from fsbench.engine.batched import resolve_amp
+from fsbench.engine.batched import check_amp, resolve_amp
 from fsbench.engine.evaluate import EvaluationSettings, evaluate
 from fsbench.engine.fit import FitSettings, fit
 from fsbench.errors import FsbenchError, one_line
@@ -76,7 +76,8 @@ def execute_gfss(args, resume: bool = False) -> dict:
     )
     benchmark = benchmark_class(args.datapath, args.fold, options)
     training_benchmark = AllClassesTraining(benchmark) if train_classes == "all" else benchmark
-    args.amp = resolve_amp(args.amp, device, benchmark.quick)
+    args.amp = resolve_amp(args.amp, device, benchmark.quick and METHODS.get(args.method).auto_bf16)
+    check_amp(args.amp, device, METHODS.get(args.method))
     inherited = records_of(checkpoint_metadata)
     if args.load is not None and train_classes == "base":
         if checkpoint_metadata.get("format") != FORMAT:
