@@ -30,7 +30,7 @@ class ASNetConfig(CorrelationConfig):
     shot_aggregation: str = "average"
     loss: str = "ifsl"
 
-    QUICK = {  # as hsnet's (methods/hsnet.py)
+    QUICK = {  # hsnet's earlier profile; hsnet's current one (methods/hsnet.py) is not measured on asnet
         "backbone": "resnet18",
         "pretrained": False,
         "train_backbone": True,

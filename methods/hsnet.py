@@ -31,17 +31,18 @@ class HSNetConfig(CorrelationConfig):
     shot_aggregation: str = "vote"
     loss: str = "hsnet"
 
-    # The shapes demo: resnet18 from scratch, trained end to end with the learner (no ImageNet
-    # weights offline), 100 updates of 4 episodes. Measured on shapes fold 0 (128 px, 100 test
-    # episodes): neither this nor a frozen random backbone finds objects within 2000 episodes (loss
-    # 0.19 -> 0.14, every pixel background); correlations need pretrained features, so on shapes
-    # this checks the pipeline.
+    # The shapes demo (no ImageNet weights offline): resnet18 from scratch, frozen, 300 updates of 4
+    # episodes, foreground pixels weighted 20x (they cover about 5% of a shapes query; unweighted,
+    # the learner settles on all-background: mIoU 0.0). Measured on shapes fold 0 1-way 1-shot,
+    # 100 test episodes, 2-core CPU (~5 min of training): mIoU 7.9 / FB-IoU 24.3 against 5.4 / 6.6
+    # untrained. Random features correlate weakly; this checks the pipeline, not the method.
     QUICK = {
         "backbone": "resnet18",
         "pretrained": False,
-        "train_backbone": True,
+        "train_backbone": False,
+        "foreground_weight": 20.0,
         "batch_size": 4,
-        "train_steps": 100,
+        "train_steps": 300,
     }
 
 

@@ -147,7 +147,7 @@ def test_segmentation_losses_restated():
     episode.query_masks[0, :5] = 255
     target = episode.query_masks
     for loss_name in ("hsnet", "ifsl"):
-        method = _quick("asnet", loss=loss_name)
+        method = _quick("asnet", loss=loss_name, foreground_weight=1.0)  # the papers' loss
         loss = method.episode_loss(episode, _context())["loss"]
         with torch.no_grad():
             logits = method.shot_logits(episode)[0, 0]  # [N, 2, h, w]
@@ -160,6 +160,35 @@ def test_segmentation_losses_restated():
             merged = torch.cat([log_probs[:, 0].mean(dim=0, keepdim=True), log_probs[:, 1]])
             merged = F.interpolate(merged.unsqueeze(0), (48, 48), mode="bilinear", align_corners=True)
             expected = F.nll_loss(merged, target, ignore_index=255)
+        assert torch.allclose(loss, expected, atol=1e-5), loss_name
+
+
+def test_foreground_weight_is_a_weighted_mean_over_pixels():
+    """foreground_weight w: each valid pixel's loss counts w where its target is a foreground class
+    (per-way 1 for "hsnet", classes 1..N for "ifsl") and 1 where background; divided by the weight sum."""
+    episode = _episode(way=2, shot=1)
+    episode.query_masks[0, :5] = 255
+    target = episode.query_masks
+    weight = 3.0
+    for loss_name in ("hsnet", "ifsl"):
+        method = _quick("asnet", loss=loss_name, foreground_weight=weight)
+        loss = method.episode_loss(episode, _context())["loss"]
+        with torch.no_grad():
+            logits = method.shot_logits(episode)[0, 0]  # [N, 2, h, w]
+        if loss_name == "hsnet":
+            upsampled = F.interpolate(logits, (48, 48), mode="bilinear", align_corners=True)
+            labels = torch.stack([(target[0] == way + 1).long() for way in range(2)])  # [N, H, W]
+            pixel_losses = -upsampled.log_softmax(dim=1).gather(1, labels.unsqueeze(1)).squeeze(1)
+            valid = (target != 255).expand_as(labels)
+        else:
+            log_probs = logits.log_softmax(dim=1)
+            merged = torch.cat([log_probs[:, 0].mean(dim=0, keepdim=True), log_probs[:, 1]])
+            merged = F.interpolate(merged.unsqueeze(0), (48, 48), mode="bilinear", align_corners=True)[0]
+            labels = target[0].clamp(max=2)  # 255 -> any class; those pixels are masked out below
+            pixel_losses = -merged.gather(0, labels.unsqueeze(0)).squeeze(0)
+            valid = target[0] != 255
+        pixel_weights = torch.where(labels > 0, weight, 1.0) * valid
+        expected = (pixel_losses * pixel_weights).sum() / pixel_weights.sum()
         assert torch.allclose(loss, expected, atol=1e-5), loss_name
 
 
