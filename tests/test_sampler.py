@@ -89,3 +89,18 @@ def test_too_many_shots_is_a_clear_error(tiny_shapes):
         _sampler(tiny_shapes, shot=500)
     with pytest.raises(FsbenchError, match="larger than the 5 classes"):
         _sampler(tiny_shapes, way=6)
+
+
+def test_cached_images_and_labels_equal_fresh_loads(tiny_shapes):
+    """The decoded-image cache stores labels compactly (uint8); what it hands back equals a load
+    without any cache, values and dtypes, episode after episode (images recur across episodes)."""
+    cached = EpisodeSampler(tiny_shapes, "test", way=2, shot=2, episodes=12, seed=3, task="fscs", keep_original=True)
+    fresh = EpisodeSampler(tiny_shapes, "test", way=2, shot=2, episodes=12, seed=3, task="fscs", keep_original=True, image_cache_mb=0)
+    for _ in range(2):  # the second pass is served from the cache
+        for index in range(12):
+            first, second = cached[index], fresh[index]
+            for name in ("support_images", "support_masks", "query_images", "query_masks", "query_presence"):
+                a, b = getattr(first, name), getattr(second, name)
+                assert a.dtype == b.dtype and torch.equal(a, b), name
+            assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(first.query_original_masks, second.query_original_masks))
+    assert cached._loaded.stats()["hits"] > 0 and fresh._loaded.stats()["entries"] == 0

@@ -10,7 +10,6 @@ called episode by episode. Either way the shared padding rule applies (fsbench.e
 from __future__ import annotations
 
 from contextlib import nullcontext
-
 from pathlib import Path
 
 import torch
