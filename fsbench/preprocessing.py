@@ -10,6 +10,7 @@ A profile is chosen by name (a method's ``preprocessing`` setting, else ``--prep
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,21 +33,21 @@ class Placement:
     canvas_side: int = 0
 
 
-class Preprocessing:
+class Preprocessing(ABC):
     name = "base"
     default_size = 400
 
+    @abstractmethod
     def image(self, image: Tensor, size: int) -> tuple[Tensor, Placement]:
         """[3, H, W] uint8 RGB -> ([3, size, size] float model input, placement)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def mask(self, mask: Tensor, size: int) -> Tensor:
         """[H, W] int64 (0, 1, 255 = ignore) -> [size, size] int64, placed as image() places pixels."""
-        raise NotImplementedError
 
+    @abstractmethod
     def to_original(self, probabilities: Tensor, placement: Placement) -> Tensor:
         """[Q, N, size, size] -> [Q, N, H, W] at the image's original size."""
-        raise NotImplementedError
 
 
 class SquashProfile(Preprocessing):
