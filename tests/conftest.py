@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,37 @@ def tiny_datapath(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_shapes(tiny_datapath) -> Shapes:
     return Shapes(tiny_datapath, fold=0)
+
+
+# Calls made by unpickling a payload: a loader that runs anything from a file would append here.
+UNPICKLED_CALLS: list = []
+
+
+def record_call(*arguments):
+    """What a malicious pickle would run (importable by name, as pickle requires)."""
+    UNPICKLED_CALLS.append(arguments)
+    return 0
+
+
+@pytest.fixture
+def ifsl_callbacks(monkeypatch):
+    """A module named like iFSL's common.callbacks, so torch.save names its classes as iFSL's
+    Lightning checkpoints do: CustomCheckpoint (the key of their 'callbacks' entry) and Dangerous,
+    whose unpickling would call record_call. module.calls is that record, emptied per test."""
+    package, module = types.ModuleType("common"), types.ModuleType("common.callbacks")
+
+    class CustomCheckpoint:
+        pass
+
+    class Dangerous:
+        def __reduce__(self):
+            return (record_call, ("this must never run",))
+
+    for cls in (CustomCheckpoint, Dangerous):
+        cls.__module__, cls.__qualname__ = "common.callbacks", cls.__name__
+        setattr(module, cls.__name__, cls)
+    UNPICKLED_CALLS.clear()
+    module.calls = UNPICKLED_CALLS
+    monkeypatch.setitem(sys.modules, "common", package)
+    monkeypatch.setitem(sys.modules, "common.callbacks", module)
+    return module

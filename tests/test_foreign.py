@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import collections
 import pickle
-import sys
-import types
 
 import pytest
 import torch
@@ -20,30 +18,10 @@ def _record_run(*arguments):
     return 0
 
 
-@pytest.fixture
-def fake_module(monkeypatch):
-    """A module named like iFSL's common.callbacks holding a class, so torch.save can name it."""
-    package, module = types.ModuleType("common"), types.ModuleType("common.callbacks")
-
-    class CustomCheckpoint:
-        pass
-
-    class Dangerous:
-        def __reduce__(self):
-            return (_record_run, ("this must never run",))
-
-    CustomCheckpoint.__module__ = Dangerous.__module__ = "common.callbacks"
-    CustomCheckpoint.__qualname__, Dangerous.__qualname__ = "CustomCheckpoint", "Dangerous"
-    module.CustomCheckpoint, module.Dangerous = CustomCheckpoint, Dangerous
-    monkeypatch.setitem(sys.modules, "common", package)
-    monkeypatch.setitem(sys.modules, "common.callbacks", module)
-    return module
-
-
-def test_lightning_style_file_loads_with_a_stand_in_key(tmp_path, fake_module):
+def test_lightning_style_file_loads_with_a_stand_in_key(tmp_path, ifsl_callbacks):
     state = collections.OrderedDict({"learner.weight": torch.arange(6.0).view(2, 3)})
     path = tmp_path / "best_model.ckpt"
-    torch.save({"epoch": 4, "state_dict": state, "callbacks": {fake_module.CustomCheckpoint: {"best_model_score": torch.tensor(50.0)}}}, path)
+    torch.save({"epoch": 4, "state_dict": state, "callbacks": {ifsl_callbacks.CustomCheckpoint: {"best_model_score": torch.tensor(50.0)}}}, path)
     loaded = read_torch_file(path)
     (key,) = loaded.content["callbacks"]
     assert issubclass(key, StandIn) and key.qualified_name == "common.callbacks.CustomCheckpoint"
@@ -52,13 +30,12 @@ def test_lightning_style_file_loads_with_a_stand_in_key(tmp_path, fake_module):
 
 
 @pytest.mark.parametrize("legacy", [False, True])
-def test_any_other_global_is_refused_and_nothing_runs(tmp_path, fake_module, legacy):
+def test_any_other_global_is_refused_and_nothing_runs(tmp_path, ifsl_callbacks, legacy):
     path = tmp_path / "evil.pt"
-    torch.save({"state_dict": {"a": torch.ones(1)}, "payload": fake_module.Dangerous()}, path, _use_new_zipfile_serialization=not legacy)
-    RAN.clear()
+    torch.save({"state_dict": {"a": torch.ones(1)}, "payload": ifsl_callbacks.Dangerous()}, path, _use_new_zipfile_serialization=not legacy)
     with pytest.raises(FsbenchError, match="refused") as caught:
         read_torch_file(path)
-    assert not RAN
+    assert not ifsl_callbacks.calls
     assert "\n" not in str(caught.value) and str(path) in str(caught.value)
 
 

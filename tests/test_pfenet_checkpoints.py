@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import collections
 import json
-import sys
-import types
 
 import pytest
 import torch
@@ -98,16 +96,6 @@ def ifsl_state(generator) -> dict:
     state["down_spt.0.weight"] = torch.randn(REDUCE, 1536, 1, 1, generator=generator) * 0.02
     state.update(learner_keys("learner.", generator))
     return collections.OrderedDict(state)
-
-
-@pytest.fixture
-def ifsl_callbacks(monkeypatch):
-    """A module named like iFSL's common.callbacks, so torch.save can key 'callbacks' by its class."""
-    package, module = types.ModuleType("common"), types.ModuleType("common.callbacks")
-    module.CustomCheckpoint = type("CustomCheckpoint", (), {"__module__": "common.callbacks"})
-    monkeypatch.setitem(sys.modules, "common", package)
-    monkeypatch.setitem(sys.modules, "common.callbacks", module)
-    return module
 
 
 @pytest.fixture(scope="module")

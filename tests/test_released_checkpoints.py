@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
-import types
 
 import pytest
 import torch
@@ -18,34 +16,6 @@ from fsbench.model_files import load_method, read_weights
 from fsbench.registry import METHODS
 from fsbench.sampler import EpisodeSampler
 from fsbench.transforms import SquashResize
-
-RAN = []
-
-
-def _record_run(*arguments):
-    RAN.append(arguments)
-    return 0
-
-
-@pytest.fixture
-def ifsl_callbacks(monkeypatch):
-    """A module named like iFSL's common.callbacks, so torch.save names common.callbacks.CustomCheckpoint."""
-    package, module = types.ModuleType("common"), types.ModuleType("common.callbacks")
-
-    class CustomCheckpoint:
-        pass
-
-    class Dangerous:
-        def __reduce__(self):
-            return (_record_run, ("this must never run",))
-
-    for cls in (CustomCheckpoint, Dangerous):
-        cls.__module__, cls.__qualname__ = "common.callbacks", cls.__name__
-        setattr(module, cls.__name__, cls)
-    monkeypatch.setitem(sys.modules, "common", package)
-    monkeypatch.setitem(sys.modules, "common.callbacks", module)
-    return module
-
 
 def _method(name: str, backbone: str = "resnet50"):
     method_class = METHODS.get(name)
@@ -189,13 +159,12 @@ def test_ifsl_lightning_file_loads_strictly_and_names_its_method(tmp_path, asnet
 def test_a_file_naming_any_other_global_is_refused_and_nothing_runs(tmp_path, asnet_source, ifsl_callbacks, tiny_datapath, capsys):
     evil = _lightning(tmp_path / "evil.ckpt", _learner_state(asnet_source), _backbone_with_classifier(asnet_source),
                       ifsl_callbacks, "logs/x/asnet", extra={"hyper_parameters": ifsl_callbacks.Dangerous()})
-    RAN.clear()
-    with pytest.raises(FsbenchError, match=r"names \S*_record_run, .*refused, nothing from the file was run"):
+    with pytest.raises(FsbenchError, match=r"names \S*record_call, .*refused, nothing from the file was run"):
         read_weights(evil)
     run_dir = tmp_path / "run"
     code = main(["--method", "asnet", "--eval", "--load", str(evil), "--datapath", str(tiny_datapath),
                  "--logpath", str(run_dir), "--nworker", "0", "--no-progress"])
-    assert code == 1 and not RAN and not run_dir.exists()
+    assert code == 1 and not ifsl_callbacks.calls and not run_dir.exists()
     assert "refused" in capsys.readouterr().err
 
 
