@@ -36,7 +36,8 @@ class DMLKNNConfig(MethodConfig):
     backbone: str = "resnet101"
     pretrained: bool = True
     embedding_dim: int = 512
-    # smp's UNet++ default decoder widths, deepest first.
+    # smp's UNet++ default decoder widths, deepest first; their count is the encoder depth (5: the
+    # encoder's five stages, down to 1/32; 3 stops at 1/8 and skips the deepest, widest stages).
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
     lr: float = 1e-4
     proxy_lr_multiplier: float = 100.0
@@ -47,6 +48,9 @@ class DMLKNNConfig(MethodConfig):
     # Pixels sampled per image per step (class-balanced): bounds training memory of the loss.
     pixels_per_image: int = 1024
     proxy_init_batches: int = 8
+    # Train the decoder and proxies only: the encoder's weights and batch-norm statistics stay as
+    # loaded (fine-tuning a trained model on a small custom dataset).
+    freeze_encoder: bool = False
     k: int = 64
     negative_samples_ratio: int = 20
     # Positive support pixels kept per way (a random subset when there are more): with the ratio
@@ -117,6 +121,7 @@ class DMLKNN(Method):
             self.network = smp.UnetPlusPlus(
                 encoder_name=config.backbone,
                 encoder_weights=None,
+                encoder_depth=len(config.decoder_channels),
                 decoder_channels=tuple(config.decoder_channels),
                 classes=config.embedding_dim,
                 activation=None,
@@ -134,13 +139,21 @@ class DMLKNN(Method):
             self.proxies.resize(state["proxies.weight"].shape[0])
         super().load_state_dict(state)
 
+    def train(self, mode: bool = True) -> "DMLKNN":
+        super().train(mode)
+        if mode and self.config.freeze_encoder:
+            self.network.encoder.eval()  # frozen: its batch-norm statistics stay as loaded
+        return self
+
     def embed(self, images: Tensor) -> Tensor:
         """[B, 3, H, W] -> [B, D, H, W] L2-normalised pixel embeddings."""
         return F.normalize(self.network(images), dim=1)
 
     def valid_size(self, height: int, width: int) -> tuple[int, int]:
-        # UNet++'s five poolings need sides divisible by 32 (smp refuses anything else).
-        return round_up(height, 32), round_up(width, 32)
+        # UNet++'s poolings (one per encoder stage) need sides divisible by 2^depth (smp refuses
+        # anything else): 32 at the default depth 5.
+        multiple = 2 ** len(self.config.decoder_channels)
+        return round_up(height, multiple), round_up(width, multiple)
 
     # --- training -----------------------------------------------------------------------------
     def training_stages(self, context: TrainingContext) -> list[TrainingStage]:
@@ -154,6 +167,9 @@ class DMLKNN(Method):
             self.proxies.resize(context.num_labels)
             self._initialise_proxies(context)
 
+        def enter() -> None:
+            self.network.encoder.requires_grad_(not config.freeze_encoder)
+
         return [
             TrainingStage(
                 name="train",
@@ -163,11 +179,12 @@ class DMLKNN(Method):
                 optimiser=Optimiser("adamw", lr=config.lr, weight_decay=1e-4),
                 schedule=Schedule("cosine"),
                 parameter_groups=lambda: [
-                    ParameterGroup("network", list(self.network.parameters())),
+                    ParameterGroup("network", [parameter for parameter in self.network.parameters() if parameter.requires_grad]),
                     ParameterGroup("proxies", list(self.proxies.parameters()), lr_multiplier=config.proxy_lr_multiplier, clip=False),
                 ],
                 loss=self.metric_loss,
                 initialise=initialise,
+                enter=enter,
                 clip_grad_norm=10.0,
             )
         ]

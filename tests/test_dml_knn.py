@@ -117,6 +117,24 @@ def test_proxies_are_trained(tiny_shapes):
     assert len(snapshots) == 2 and not torch.allclose(snapshots[0], snapshots[1])
 
 
+def test_frozen_encoder_keeps_weights_and_statistics_while_the_decoder_learns(tiny_shapes):
+    method = DMLKNN(tiny_config(freeze_encoder=True), "cpu")
+    encoder_before = {key: value.clone() for key, value in method.network.encoder.state_dict().items()}
+    decoder_before = {key: value.clone() for key, value in method.network.decoder.state_dict().items()}
+    train(method, tiny_shapes, 2)
+    encoder_after, decoder_after = method.network.encoder.state_dict(), method.network.decoder.state_dict()
+    # Weights and batch-norm running statistics alike.
+    assert all(torch.equal(encoder_before[key], encoder_after[key]) for key in encoder_before)
+    assert any(not torch.equal(decoder_before[key], decoder_after[key]) for key in decoder_before)
+
+
+def test_encoder_depth_follows_the_decoder_widths():
+    method = DMLKNN(tiny_config(decoder_channels=(32, 16, 16)), "cpu")
+    assert len(method.network.encoder.out_channels) == 4  # the input and three stages
+    assert method.valid_size(100, 130) == (104, 136)  # multiples of 2^3
+    assert method.embed(torch.zeros(1, 3, 64, 72)).shape == (1, 64, 64, 72)
+
+
 def test_learning_rate_decays_along_a_cosine_to_zero(tiny_shapes):
     method = DMLKNN(tiny_config(), "cpu")
     rates = []
