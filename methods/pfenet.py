@@ -93,6 +93,10 @@ class PFENetConfig(MethodConfig):
     weight_decay: float = 1e-4
     poly_power: float = 0.9
     auxiliary_weight: float = 1.0
+    # Weight of foreground pixels in the cross-entropies (background 1): 1 is PFENet's loss. The quick
+    # profile raises it because a network trained from scratch on shapes' small objects first learns
+    # "all background" and its foreground probability stays under PFENet's 0.5 for thousands of steps.
+    foreground_weight: float = 1.0
     # Episodes per optimiser update (gradients accumulated); train_steps counts updates. PFENet trains
     # 200 epochs at batch 4 over the fold's training images (those of its 5953-image Pascal list that
     # hold a base class): at most 200 x 5953 / 4 updates.
@@ -110,13 +114,17 @@ class PFENetConfig(MethodConfig):
         "train_backbone": True,
         # From scratch SGD barely moves in a CPU budget; Adam does. On shapes fold 0 (60 episodes) lr
         # 1e-3 localised best of 5e-4 / 1e-3 / 2e-3: at 1000 steps mIoU 34-36 with a 0.3 threshold, but
-        # the foreground probability mostly stays under 0.5 (PFENet's argmax) until about 2000 steps.
+        # with PFENet's plain loss the foreground probability mostly stays under 0.5 (its argmax)
+        # until about 2000 steps; hence the foreground weight below.
         "optimizer": "adam",
         "lr": 1e-3,
         "lr_multiplier": 1.0,
         "weight_decay": 0.0,
         "batch_size": 1,
         "train_steps": 1000,
+        # Measured on shapes fold 0 (200 episodes): at 1000 steps, weight 1 predicts all background
+        # (mIoU 0.0), weight 5 gives mIoU 35.3 / FB-IoU 65.3.
+        "foreground_weight": 5.0,
     }
 
 
@@ -284,9 +292,13 @@ class PFENet(Method):
         masks = episode.query_masks.unsqueeze(1)  # [Q, 1, H, W]
         targets = torch.where(masks == IGNORE_INDEX, masks, (masks == way_ids).long()).flatten(0, 1)  # [Q*N, H, W]
 
+        weights = None
+        if self.config.foreground_weight != 1.0:
+            weights = torch.tensor([1.0, float(self.config.foreground_weight)], device=targets.device)
+
         def loss_of(way_maps: Tensor) -> Tensor:
             upsampled = F.interpolate(way_maps.flatten(0, 1).float(), size=size, mode="bilinear", align_corners=True)
-            return F.cross_entropy(upsampled, targets, ignore_index=IGNORE_INDEX)
+            return F.cross_entropy(upsampled, targets, weight=weights, ignore_index=IGNORE_INDEX)
 
         main = loss_of(logits)
         auxiliary_loss = sum(loss_of(item) for item in auxiliary) / len(auxiliary)

@@ -200,8 +200,16 @@ def test_per_way_prior_equals_one_way_runs():
         assert torch.allclose(logits[:, way], alone[:, 0], atol=1e-5)
 
 
-def test_training_losses_restate_the_cross_entropy():
-    method = quick_method(align_input=False).train()
+def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, foreground_weight: float) -> torch.Tensor:
+    """Two-class cross-entropy [P, 2, H, W] vs [P, H, W], foreground pixels weighted: sum(w nll) / sum(w)."""
+    negative_log = -torch.log_softmax(logits, dim=1).gather(1, targets.unsqueeze(1)).squeeze(1)
+    weights = torch.where(targets == 1, foreground_weight, 1.0)
+    return (weights * negative_log).sum() / weights.sum()
+
+
+@pytest.mark.parametrize("foreground_weight", [1.0, 5.0])
+def test_training_losses_restate_the_cross_entropy(foreground_weight):
+    method = quick_method(align_input=False, foreground_weight=foreground_weight).train()
     for module in method.enrichment.modules():  # dropout off, so that the two computations see the same net
         if isinstance(module, torch.nn.Dropout2d):
             module.p = 0.0
@@ -215,8 +223,8 @@ def test_training_losses_restate_the_cross_entropy():
     # Way n's target: 1 where the query mask says n + 1, 0 elsewhere (no ignore pixels in this episode).
     targets = torch.stack([(episode.query_masks == way + 1).long() for way in range(2)], 1).flatten(0, 1)
     up = lambda maps: torch.nn.functional.interpolate(maps.flatten(0, 1), size=(32, 32), mode="bilinear", align_corners=True)
-    main = torch.nn.functional.cross_entropy(up(logits), targets)
-    aux = sum(torch.nn.functional.cross_entropy(up(item), targets) for item in auxiliary) / len(auxiliary)
+    main = weighted_cross_entropy(up(logits), targets, foreground_weight)
+    aux = sum(weighted_cross_entropy(up(item), targets, foreground_weight) for item in auxiliary) / len(auxiliary)
     assert torch.allclose(losses["main"], main, atol=1e-5) and torch.allclose(losses["auxiliary"], aux, atol=1e-5)
     assert torch.allclose(losses["total"], main + aux, atol=1e-5)
 
