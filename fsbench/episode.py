@@ -167,8 +167,10 @@ class Prediction:
         way where its probability >= threshold, else background.
         """
         if rule == "argmax":
-            scores = torch.cat([self.background().unsqueeze(1), self.fg_probs], dim=1)
-            return scores.argmax(dim=1)
+            # Classes stacked innermost: PyTorch's CPU argmax over dim 1 of [Q, 1 + N, H, W] is a slow
+            # strided reduction (54 ms at 1 x 2 x 400 x 400 against 15 ms), same first-index ties.
+            scores = torch.stack([self.background(), *self.fg_probs.unbind(1)], dim=-1)
+            return scores.argmax(dim=-1)
         if rule == "threshold":
             best_prob, best_way = self.fg_probs.max(dim=1)
             return torch.where(best_prob >= threshold, best_way + 1, torch.zeros_like(best_way))
