@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--eval", action="store_true", help="evaluate only (with --load)")
     run.add_argument("--load", type=Path, help="fsbench checkpoint (.safetensors) to start from")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    run.add_argument("--nworker", type=int, default=2, help="data loader workers")
+    run.add_argument("--nworker", type=int, help="data loader worker processes (default: 0 on the CPU, where workers compete with the network's threads; 2 on a GPU)")
     run.add_argument("--logpath", type=Path, help="run folder to create (default: a new folder under logs/)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an unfinished run from its last checkpoint, with its settings")

@@ -19,6 +19,7 @@ from fsbench.benchmark_options import BenchmarkOptions
 from fsbench.checkpoint import FORMAT, save_checkpoint
 from fsbench.engine import distributed
 from fsbench.engine.batched import check_amp, resolve_amp
+from fsbench.engine.data import resolve_nworker
 from fsbench.engine.evaluate import EvaluationSettings, evaluate
 from fsbench.engine.fit import FitSettings, fit
 from fsbench.episode import LABEL_RULES
@@ -88,7 +89,7 @@ def _started_from(path: Path, metadata: dict) -> dict:
 def _check_running_flags(args) -> None:
     if args.eval and args.load is None:
         raise FsbenchError("--eval needs --load CHECKPOINT (or drop --eval to train first)")
-    for flag, value, low in (("--nworker", args.nworker, 0), ("--checkpoint-every", args.checkpoint_every, 0),
+    for flag, value, low in (("--nworker", args.nworker if args.nworker is not None else 0, 0), ("--checkpoint-every", args.checkpoint_every, 0),
                              ("--val-every", args.val_every if args.val_every is not None else 0, 0), ("--val-episodes", args.val_episodes, 1),
                              ("--eval-bsz", args.eval_bsz, 1), ("--feature-cache-mb", args.feature_cache_mb, 0),
                              ("--image-cache-mb", args.image_cache_mb, 0)):
@@ -183,6 +184,7 @@ def _build(args, resume: bool, processes: distributed.Processes) -> Run:
     img_size = args.img_size or protocol.img_size(benchmark)
     args.amp = resolve_amp(args.amp, device, benchmark.quick and method_class.auto_bf16)
     check_amp(args.amp, device, method_class)
+    args.nworker = resolve_nworker(args.nworker, device)
     transform = protocol.make_transform(img_size)
     task = args.task or ("fss" if args.way == 1 else "fscs")
     original_size = args.use_original_imgsize or protocol.score_original_size

@@ -232,3 +232,11 @@ def test_bf16_is_refused_in_one_line_for_a_method_whose_cpu_kernels_fail():
     check_amp("off", torch.device("cpu"), METHODS.get("asnet"))
     check_amp("bf16", torch.device("cpu"), METHODS.get("dml_knn"))
     assert METHODS.get("dml_knn").auto_bf16 and not METHODS.get("panet").auto_bf16
+
+
+def test_loader_workers_default_to_none_on_the_cpu_and_two_with_an_accelerator():
+    from fsbench.engine.data import resolve_nworker
+
+    assert resolve_nworker(None, torch.device("cpu")) == 0
+    assert resolve_nworker(None, torch.device("cuda")) == 2
+    assert resolve_nworker(3, torch.device("cpu")) == 3

@@ -15,6 +15,18 @@ from fsbench.episode import IGNORE_INDEX, collate_episodes
 from fsbench.errors import FsbenchError
 
 
+def resolve_nworker(nworker: int | None, device: torch.device) -> int:
+    """Loader worker processes: as asked, else 0 on the CPU and 2 with an accelerator.
+
+    On the CPU the network's threads already use every core; workers then compete with them and
+    each keeps its own image cache (measured on 2 cores: fsbench's Pascal loader 130 episodes/s with
+    none against 46 with two). With an accelerator they prepare the next batch while it computes.
+    """
+    if nworker is not None:
+        return nworker
+    return 0 if device.type == "cpu" else 2
+
+
 def training_label_of(position: int) -> int:
     """The training label of the base class at ``position`` (0-based, sorted ids): position + 1, except
     that 255 is skipped, because 255 stays the ignore label (FSS-1000 has 520 base classes)."""

@@ -20,6 +20,7 @@ from fsbench import PROJECT_ROOT, __version__
 from fsbench.benchmark_options import BenchmarkOptions
 from fsbench.checkpoint import FORMAT, save_checkpoint
 from fsbench.engine.batched import check_amp, resolve_amp
+from fsbench.engine.data import resolve_nworker
 from fsbench.engine.evaluate import EvaluationSettings, evaluate
 from fsbench.engine.fit import FitSettings, fit
 from fsbench.errors import FsbenchError, one_line
@@ -78,6 +79,7 @@ def execute_gfss(args, resume: bool = False) -> dict:
     training_benchmark = AllClassesTraining(benchmark) if train_classes == "all" else benchmark
     args.amp = resolve_amp(args.amp, device, benchmark.quick and METHODS.get(args.method).auto_bf16)
     check_amp(args.amp, device, METHODS.get(args.method))
+    args.nworker = resolve_nworker(args.nworker, device)
     inherited = records_of(checkpoint_metadata)
     if args.load is not None and train_classes == "base":
         if checkpoint_metadata.get("format") != FORMAT:

@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     grid_parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3])
     grid_parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     grid_parser.add_argument("--episodes", type=int, default=1000)
-    grid_parser.add_argument("--nworker", type=int, default=2)
+    grid_parser.add_argument("--nworker", type=int, default=0)
     grid_parser.add_argument("--logs", default="logs/perf-grid")
     grid_parser.set_defaults(handler=grid)
     args = parser.parse_args(argv)

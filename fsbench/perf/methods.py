@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=["dml_knn", "panet", "mtl_unet"])
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--episodes", type=int, default=1000)
-    parser.add_argument("--nworker", type=int, default=1)
+    parser.add_argument("--nworker", type=int, default=0)
     parser.add_argument("--logs", default="logs/perf-methods")
     args = parser.parse_args(argv)
     logs = Path(args.logs) / time.strftime("%Y%m%d-%H%M%S")
