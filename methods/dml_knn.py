@@ -74,7 +74,9 @@ class DMLKNNConfig(MethodConfig):
         "backbone": "resnet18",
         "pretrained": False,
         "embedding_dim": 64,
-        "decoder_channels": (128, 64, 32, 16, 16),
+        # Encoder depth 3 (stops at 1/8): 11.7 GMAC per 8 x 128 px forward against 28.1 at depth 5.
+        # Measured on shapes fold 0 at 1500 bf16 steps, the same 300 episodes: mIoU 45.3 vs 44.5.
+        "decoder_channels": (64, 32, 16),
         "lr": 1e-3,
         # Class identity needs this budget on shapes: at 400 steps 2-way way wins are still at chance.
         "train_steps": 1500,
