@@ -17,7 +17,7 @@ import argparse
 import time
 from pathlib import Path
 
-from fsbench.perf.methods import _run
+from fsbench.perf.methods import _run, write_table
 
 HEADERS = ["method", "fold", "way", "untrained mIoU", "untrained ER", "strong mIoU", "strong ER",
            "untrained (tags) mIoU", "untrained (tags) ER", "weak mIoU", "weak ER", "weak ER - untrained (tags)",
@@ -56,8 +56,6 @@ def method_rows(method: str, fold: int, ways: list[int], episodes: int, logs: Pa
 
 
 def main(argv: list[str] | None = None) -> None:
-    from tabulate import tabulate
-
     import methods  # noqa: F401  (registers the methods)
 
     parser = argparse.ArgumentParser(prog="python -m fsbench.perf.fscs", description=__doc__,
@@ -70,13 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--logs", default="logs/perf-fscs")
     args = parser.parse_args(argv)
     logs = Path(args.logs) / time.strftime("%Y%m%d-%H%M%S")
-    rows = []
-    for method in args.methods:
-        for fold in args.folds:
-            rows.extend(method_rows(method, fold, args.ways, args.episodes, logs, args.train_steps))
-            print(tabulate(rows, headers=HEADERS, tablefmt="github"), flush=True)  # partial tables survive a stop
-    (logs / "table.md").write_text(tabulate(rows, headers=HEADERS, tablefmt="github") + "\n")
-    print(f"table written to {logs / 'table.md'}")
+    write_table(args.methods, args.folds, lambda method, fold: method_rows(method, fold, args.ways, args.episodes, logs, args.train_steps),
+                HEADERS, logs)
 
 
 if __name__ == "__main__":

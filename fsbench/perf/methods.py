@@ -57,12 +57,24 @@ def method_rows(method: str, fold: int, episodes: int, nworker: int, logs: Path)
     return rows
 
 
+def write_table(method_names: list[str], folds: list[int], rows_of, headers: list[str], logs: Path) -> None:
+    """Rows of every (method, fold) from rows_of(method, fold), the table printed after each (partial
+    tables survive a stop) and written to <logs>/table.md."""
+    from tabulate import tabulate
+
+    rows = []
+    for method in method_names:
+        for fold in folds:
+            rows.extend(rows_of(method, fold))
+            print(tabulate(rows, headers=headers, tablefmt="github"), flush=True)
+    (logs / "table.md").write_text(tabulate(rows, headers=headers, tablefmt="github") + "\n")
+    print(f"table written to {logs / 'table.md'}")
+
+
 HEADERS = ["method", "fold", "setting", "mIoU", "FB-IoU", "ER", "mIoU@0", "FB-IoU@0", "ER@0", "gain", "train s", "eval s"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    from tabulate import tabulate
-
     import methods  # noqa: F401  (registers the methods that method_rows looks up)
 
     parser = argparse.ArgumentParser(prog="python -m fsbench.perf.methods", description=__doc__,
@@ -74,13 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--logs", default="logs/perf-methods")
     args = parser.parse_args(argv)
     logs = Path(args.logs) / time.strftime("%Y%m%d-%H%M%S")
-    rows = []
-    for method in args.methods:
-        for fold in args.folds:
-            rows.extend(method_rows(method, fold, args.episodes, args.nworker, logs))
-            print(tabulate(rows, headers=HEADERS, tablefmt="github"), flush=True)  # partial tables survive a stop
-    (logs / "table.md").write_text(tabulate(rows, headers=HEADERS, tablefmt="github") + "\n")
-    print(f"table written to {logs / 'table.md'}")
+    write_table(args.methods, args.folds, lambda method, fold: method_rows(method, fold, args.episodes, args.nworker, logs), HEADERS, logs)
 
 
 if __name__ == "__main__":
