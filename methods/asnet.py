@@ -30,17 +30,9 @@ class ASNetConfig(CorrelationConfig):
     shot_aggregation: str = "average"
     loss: str = "ifsl"
 
-    # The shapes demo: resnet18 from scratch, trained with the learner, 100 updates of 4 episodes.
     # Measured on shapes fold 0 1-way 1-shot, 300 test episodes: unweighted loss, all background
     # (mIoU 0.0); foreground pixels weighted 20: mIoU 22.9 / FB-IoU 52.8.
-    QUICK = {
-        "backbone": "resnet18",
-        "pretrained": False,
-        "train_backbone": True,
-        "foreground_weight": 20.0,
-        "batch_size": 4,
-        "train_steps": 100,
-    }
+    QUICK = {**CorrelationConfig.QUICK_COMMON, "train_steps": 100}
 
 
 @METHODS.register("asnet")

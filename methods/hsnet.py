@@ -31,21 +31,12 @@ class HSNetConfig(CorrelationConfig):
     shot_aggregation: str = "vote"
     loss: str = "hsnet"
 
-    # The shapes demo (no ImageNet weights offline): resnet18 from scratch, trained with the learner,
-    # 300 updates of 4 episodes, foreground pixels weighted 20 (they cover about 5% of a shapes
-    # query; unweighted, the learner settles on all-background). Measured on shapes, 300 test
-    # episodes, against the lighter 100 updates at weight 5: fold 0 1-way 1-shot mIoU 13.5 (16.3);
-    # fold 2 1-way 14.6 (0.0: all background; weight 10 too); fold 0 2-way trained on 2-way FS-CS
-    # episodes 6.6 / ER 17.7 (0.0 / 20.0, all background on every fold). About 7 min of training on
-    # one core. The frozen random backbone of stop 20 (weight 20, 300 updates) reached 7.9 on fold 0.
-    QUICK = {
-        "backbone": "resnet18",
-        "pretrained": False,
-        "train_backbone": True,
-        "foreground_weight": 20.0,
-        "batch_size": 4,
-        "train_steps": 300,
-    }
+    # Measured on shapes, 300 test episodes, against the lighter 100 updates at weight 5: fold 0
+    # 1-way 1-shot mIoU 13.5 (16.3); fold 2 1-way 14.6 (0.0: all background; weight 10 too); fold 0
+    # 2-way trained on 2-way FS-CS episodes 6.6 / ER 17.7 (0.0 / 20.0, all background on every fold).
+    # About 7 min of training on one core. The frozen random backbone of stop 20 (weight 20, 300
+    # updates) reached 7.9 on fold 0.
+    QUICK = {**CorrelationConfig.QUICK_COMMON, "train_steps": 300}
 
 
 @METHODS.register("hsnet")

@@ -61,6 +61,18 @@ class CorrelationConfig(MethodConfig):
     train_backbone: bool = False
     foreground_weight: float = 1.0
 
+    # The shapes demo shared by the family (no ImageNet weights offline): resnet18 from scratch,
+    # trained with the learner, 4 episodes per update, foreground pixels weighted 20 (they cover
+    # about 5% of a shapes query; unweighted, the learners settle on all-background). Each method
+    # adds its number of updates.
+    QUICK_COMMON: ClassVar[dict] = {
+        "backbone": "resnet18",
+        "pretrained": False,
+        "train_backbone": True,
+        "foreground_weight": 20.0,
+        "batch_size": 4,
+    }
+
 
 class CorrelationMethod(Method):
     """Base of hsnet / asnet / asnethm. Subclasses set ``learner_class`` and ``learner_sees_masks``
