@@ -53,12 +53,17 @@ def _valid_pixels(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return log_probs[valid], flat_labels[valid]
 
 
-def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean pixel cross-entropy over the valid pixels: -mean log softmax(logits)[label]."""
+def cross_entropy(logits: Tensor, labels: Tensor, class_weights: Tensor | None = None) -> Tensor:
+    """Mean pixel cross-entropy over the valid pixels: -mean log softmax(logits)[label].
+
+    class_weights: optional [C] weight per class; the mean is then weighted, sum w_y l / sum w_y
+    (torch's weighted cross-entropy).
+    """
     log_probs, valid_labels = _valid_pixels(logits, labels)
     if valid_labels.numel() == 0:
         return logits.sum() * 0.0
-    return F.nll_loss(log_probs, valid_labels)
+    weight = None if class_weights is None else class_weights.to(log_probs)
+    return F.nll_loss(log_probs, valid_labels, weight=weight)
 
 
 def dice(logits: Tensor, labels: Tensor, smooth: float = 1.0) -> Tensor:
@@ -75,9 +80,9 @@ def dice(logits: Tensor, labels: Tensor, smooth: float = 1.0) -> Tensor:
     return 1.0 - ((2.0 * intersection + smooth) / (total + smooth)).mean()
 
 
-def ce_dice(logits: Tensor, labels: Tensor) -> Tensor:
-    """Cross-entropy plus Dice, unweighted."""
-    return cross_entropy(logits, labels) + dice(logits, labels)
+def ce_dice(logits: Tensor, labels: Tensor, class_weights: Tensor | None = None) -> Tensor:
+    """Cross-entropy (class-weighted when class_weights [C] is given) plus unweighted Dice."""
+    return cross_entropy(logits, labels, class_weights) + dice(logits, labels)
 
 
 def focal(logits: Tensor, labels: Tensor, gamma: float = 2.0) -> Tensor:
@@ -132,11 +137,36 @@ SEGMENTATION_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
-def segmentation_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
-    """The segmentation loss called ``name`` (the --loss value); an unknown name lists the options."""
+# Losses with a cross-entropy term that class weights apply to.
+CLASS_WEIGHTED_LOSSES = ("ce", "ce_dice")
+
+
+def foreground_weights(classes: int, foreground_weight: float, device: torch.device | str = "cpu") -> Tensor:
+    """[classes] loss weights: 1 for background (index 0), ``foreground_weight`` for every other class."""
+    weights = torch.full((classes,), float(foreground_weight), device=device)
+    weights[0] = 1.0
+    return weights
+
+
+def segmentation_loss(name: str, foreground_weight: float = 1.0) -> Callable[[Tensor, Tensor], Tensor]:
+    """The segmentation loss called ``name`` (the --loss value); an unknown name lists the options.
+
+    foreground_weight != 1 weights every foreground class's pixels that much against background ones
+    in the cross-entropy term (scratch networks on small data otherwise settle on "all background"
+    first); only the losses in CLASS_WEIGHTED_LOSSES take it.
+    """
     if name not in SEGMENTATION_LOSSES:
         raise FsbenchError(f"unknown loss {name!r}; available: {', '.join(SEGMENTATION_LOSSES)}")
-    return SEGMENTATION_LOSSES[name]
+    function = SEGMENTATION_LOSSES[name]
+    if foreground_weight == 1.0:
+        return function  # the unweighted loss, bit for bit
+    if name not in CLASS_WEIGHTED_LOSSES:
+        raise FsbenchError(f"foreground_weight applies to the losses {', '.join(CLASS_WEIGHTED_LOSSES)}, not {name!r}")
+
+    def weighted(logits: Tensor, labels: Tensor) -> Tensor:
+        return function(logits, labels, foreground_weights(logits.shape[1], foreground_weight, logits.device))
+
+    return weighted
 
 
 # --- weak (class-tag) supervision -----------------------------------------------------------------

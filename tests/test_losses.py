@@ -90,3 +90,21 @@ def test_class_tag_loss_is_ifsl_nll_of_spatial_mean():
     # hand-worked: uniform maps give log 2 whatever the label
     flat = torch.full((2, 2, 2, 3, 3), math.log(0.5))
     assert class_tag_loss(flat, torch.tensor([[True, False], [False, False]])).item() == pytest.approx(math.log(2))
+
+
+def test_foreground_weight_weights_the_cross_entropy_mean():
+    # Pixel A: logits (0, 0), label 0 (background, weight 1) -> loss ln 2; pixel B: logits (ln 3, 0),
+    # label 1 (foreground, weight 3) -> p = 1/4, loss ln 4; pixel C ignored. Weighted mean:
+    # (1 ln 2 + 3 ln 4) / (1 + 3).
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0], [-50.0, 50.0]]).t().reshape(1, 2, 1, 3)
+    labels = torch.tensor([[[0, 1, 255]]])
+    expected = (math.log(2.0) + 3 * math.log(4.0)) / 4
+    assert segmentation_loss("ce", foreground_weight=3.0)(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    assert segmentation_loss("ce_dice", foreground_weight=3.0)(logits, labels).item() == pytest.approx(
+        expected + dice(logits, labels).item(), rel=1e-6)
+    assert segmentation_loss("ce", foreground_weight=1.0) is cross_entropy
+
+
+def test_foreground_weight_is_refused_by_losses_without_a_cross_entropy_term():
+    with pytest.raises(FsbenchError, match="foreground_weight applies to the losses ce, ce_dice, not 'dice'"):
+        segmentation_loss("dice", foreground_weight=10.0)

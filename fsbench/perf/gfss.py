@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     # Off shapes the members need their CPU profiles asked for; supervised's upper bound likewise.
     quick = ["--set", "quick_profile=true"] if city else []
     upper_quick = ["--backbone", "resnet18", "--set", "pretrained=false", "--set", "decoder_channels=128,64,32,16,16",
-                   "--set", "optimiser=adam", "--lr", "0.001", "--set", "weight_decay=0", "--set", "schedule=constant"] if city else []
+                   "--set", "optimiser=adam", "--lr", "0.001", "--set", "weight_decay=0", "--set", "schedule=constant",
+                   "--set", "foreground_weight=10"] if city else []
     upper_checkpoint = None
     for config in configs:
         where = ["--vocab-config", config] if city else ["--fold", config]

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from fsbench.engine.plan import Optimiser, ParameterGroup, StepContext, TrainingContext, TrainingStage
 from fsbench.episode import IGNORE_INDEX, Episode, Prediction
 from fsbench.errors import FsbenchError
-from fsbench.losses import class_tag_loss
+from fsbench.losses import class_tag_loss, foreground_weights
 from methods.base import Method, MethodConfig
 from methods.correlation.backbone_taps import build_taps
 from methods.correlation.hypercorrelation import hypercorrelation
@@ -258,6 +258,4 @@ class CorrelationMethod(Method):
         """[classes] loss weights: 1 for background (index 0), foreground_weight for the rest; None when 1."""
         if self.config.foreground_weight == 1.0:
             return None  # the papers' loss, bit for bit
-        weights = torch.full((classes,), float(self.config.foreground_weight), device=device)
-        weights[0] = 1.0
-        return weights
+        return foreground_weights(classes, self.config.foreground_weight, device)
