@@ -1,6 +1,6 @@
 """Generalized FSS tables: one row per approach (novel-only, in-classes, upper bound, combinations),
 columns all / in / out / harmonic mean per configuration (a Cityscapes vocabulary configuration or a
-fold; folds also get their mean), cells with the suite's stratified bootstrap intervals, and for
+fold; folds also get their mean), cells with bootstrap intervals over whole queries, and for
 every combination rule its difference from each of its members on the same queries, with a paired
 bootstrap p-value. What ``--table`` prints for gfss runs.
 """
