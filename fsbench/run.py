@@ -174,6 +174,10 @@ def _build(args, resume: bool, processes: distributed.Processes) -> Run:
             print(f"fsbench: note: {args.load} ({checkpoint_metadata['format']}) does not record what it was trained on; "
                   f"fold {args.fold}'s test classes must not be among its training classes", flush=True)
         check_test_classes_unseen(inherited, benchmark, args.load)
+    if getattr(args, "augment", "flip") != "flip" and method_class.trains_on_episodes:
+        able = ", ".join(name for name in METHODS.names() if not METHODS.get(name).trains_on_episodes)
+        raise FsbenchError(f"--augment {args.augment} augments image batches; method {args.method!r} trains on episodes "
+                           f"(methods that train on image batches: {able})")
     if args.weak and not method_class.supports_weak:
         able = ", ".join(name for name in METHODS.names() if METHODS.get(name).supports_weak) or "none"
         raise FsbenchError(f"method {args.method!r} cannot learn from class tags only (--weak): its supports need pixel "
@@ -277,6 +281,7 @@ def _train_and_evaluate(run: Run) -> dict:
             validate_every=val_every, validation_episodes=args.val_episodes,
             validate=lambda trained, validation_sampler: evaluate(trained, validation_sampler, validation, {}),
             skip_bad=args.skip_bad, amp=args.amp, weak=args.weak, select_by=args.select_by or ("er" if args.weak else "last"),
+            augment=getattr(args, "augment", "flip"),
             metadata={"method": args.method, "run": str(run_dir)},
         )
         train_summary = fit(run.method, benchmark, settings, run_dir, resume=run.resume)
@@ -318,7 +323,7 @@ def _train_and_evaluate(run: Run) -> dict:
         "training": None if train_summary is None else {
             "steps_done_here": train_summary.steps_done, "resumed": run.resume, "checkpoints": train_summary.checkpoints,
             "checkpoint_s": round(train_summary.checkpoint_seconds, 3), "skipped_items": train_summary.skipped_items,
-            "selected": train_summary.selected,
+            "selected": train_summary.selected, "augment": getattr(args, "augment", "flip"),
         },
         "elapsed_s": round(time.perf_counter() - started, 2),
         "amp": args.amp,

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from fsbench.engine.augment import AUGMENTATIONS, DMLAugmentation
 from fsbench.episode import IGNORE_INDEX, collate_episodes
 from fsbench.errors import FsbenchError
 
@@ -65,13 +66,18 @@ class BaseClassImageStream(Dataset):
     """An endless stream of a fold's training images with training labels.
 
     Item ``position`` is image ``order(epoch)[position % n]`` with epoch = position // n, flipped
-    horizontally or not by a draw seeded with (seed, position): a pure function of the position.
+    horizontally or not by a draw seeded with (seed, position), then, with ``augment="dml"``,
+    augmented as fsbench.engine.augment says by draws seeded the same way: a pure function of the
+    position.
     Returns (image [3, S, S] float normalised, labels [S, S] int64: 0 background, training_label_of
     (base class position), 255 ignore), or None when the file is bad and ``skip_bad`` is set.
     Novel-class pixels are already background (Benchmark.load's train split).
     """
 
-    def __init__(self, benchmark, transform: Callable, seed: int = 0, flip: bool = True, skip_bad: bool = False):
+    def __init__(self, benchmark, transform: Callable, seed: int = 0, flip: bool = True, skip_bad: bool = False,
+                 augment: str = "flip"):
+        if augment not in AUGMENTATIONS:
+            raise FsbenchError(f"unknown augmentation {augment!r}; available: {', '.join(AUGMENTATIONS)}")
         self.benchmark = benchmark
         self.transform = transform
         self.classes = benchmark.classes("train")
@@ -80,6 +86,7 @@ class BaseClassImageStream(Dataset):
             raise FsbenchError(f"benchmark {benchmark.registry_name!r} fold {benchmark.fold} has no training images")
         self.lookup = label_lookup(self.classes)
         self.seed, self.flip, self.skip_bad = seed, flip, skip_bad
+        self.augmentation = DMLAugmentation() if augment == "dml" else None
         self._order: tuple[int, Tensor] | None = None
 
     def __len__(self) -> int:
@@ -103,6 +110,8 @@ class BaseClassImageStream(Dataset):
         label = to_training_labels(label, self.lookup)
         if self.flip and np.random.default_rng([self.seed, 0xF11B, position]).random() < 0.5:
             image, label = image.flip(-1), label.flip(-1)
+        if self.augmentation is not None:
+            image, label = self.augmentation(image, label, np.random.default_rng([self.seed, 0xA06E, position]))
         return image, label
 
 

@@ -64,6 +64,9 @@ class FitSettings:
     skip_bad: bool = False
     log_every: int = 1
     amp: str = "off"  # mixed precision of the forward passes: "off", "bf16" or "fp16" (with loss scaling)
+    # Augmentation of image batches (fsbench.engine.augment): "flip", or "dml" (the DML repo's
+    # shift-scale-rotate and colour jitter, for fine-tuning on small data). Episodes are not augmented.
+    augment: str = "flip"
     # Class tags only (--weak): training episodes lose their pixel labels before the loss sees them.
     weak: bool = False
     # Model selection: keep the weights of the best validation "miou" or "er" (iFSL selects weak
@@ -169,7 +172,8 @@ def fit(method, benchmark, settings: FitSettings, run_dir: Path | None, resume: 
         base_rates = [group["lr"] for group in optimiser.param_groups]
         first = 0 if fresh else start_step
         if stage.data == "images":
-            image_stream = image_stream or BaseClassImageStream(benchmark, settings.transform, settings.seed, skip_bad=settings.skip_bad)
+            image_stream = image_stream or BaseClassImageStream(benchmark, settings.transform, settings.seed, skip_bad=settings.skip_bad,
+                                                                augment=settings.augment)
             loader = image_batches(image_stream, min(stage.batch_size, len(image_stream)), first, stage.steps,
                                    settings.nworker, method.device.type == "cuda", processes)
         else:

@@ -11,8 +11,9 @@ It evaluates the base checkpoint on 1-way 1-shot episodes of the validation imag
 every category of the training images (proxies re-initialised on the new classes) with each recipe,
 and evaluates each result on the same episodes:
 
-    plain   every weight trains at the profile's lr
-    frozen  the encoder keeps its weights and batch-norm statistics (--set freeze_encoder=true)
+    plain      every weight trains at the profile's lr
+    frozen     the encoder keeps its weights and batch-norm statistics (--set freeze_encoder=true)
+    augmented  every weight trains, on images augmented as the DML repo does (--augment dml)
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from fsbench.perf.methods import _run
 
-RECIPES = {"plain": [], "frozen": ["--set", "freeze_encoder=true"]}
+RECIPES = {"plain": [], "frozen": ["--set", "freeze_encoder=true"], "augmented": ["--augment", "dml"]}
 IMAGES = {"train": 80, "val": 60}
 
 
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--lr", type=float, help="fine-tuning lr (default: the checkpoint's profile)")
     parser.add_argument("--episodes", type=int, default=300)
+    parser.add_argument("--amp", default="bf16", choices=("auto", "off", "bf16", "fp16"),
+                        help="precision of every run (default bf16: dml_knn's demo precision; custom data is not quick, so auto means fp32 on a CPU)")
     parser.add_argument("--datapath", default="data", help="where shapes lives (generated when absent)")
     parser.add_argument("--work", default="logs/perf-finetune")
     args = parser.parse_args(argv)
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     names = make_custom_dataset(shapes_root, custom)
     (custom / "label_map.json").write_text(json.dumps(names))
     common = ["--benchmark", "coco_json", "--datapath", str(custom), "--layout", "separate", "--all-classes",
-              "--img-size", "128", "--episodes", str(args.episodes), "--nworker", "0", "--no-progress", "--val-every", "0"]
+              "--img-size", "128", "--episodes", str(args.episodes), "--nworker", "0", "--no-progress", "--val-every", "0",
+              "--amp", args.amp]
     rows = []
     before = _run([*common, "--eval", "--load", args.base], work / "before")
     rows.append(["before (base model)", "-", f"{before['miou']:.1f}", f"{before['er']:.1f}",
