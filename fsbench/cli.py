@@ -81,9 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--img-size", type=int, help="square input size (default: the benchmark's)")
     model.add_argument("--members", type=_members, metavar="A,B", help="combine: two members, each a registered method or a checkpoint (.safetensors)")
     model.add_argument("--weak", action="store_true", help="train from class tags only (iFSL's weak labels): presence, never a mask; lr / 10 unless --lr")
-    model.add_argument("--augment", choices=("flip", "dml"), default="flip",
-                       help="training images of dml_knn / supervised: flip (default), or dml = rootvisionai/dml_segmentation's "
-                            "shift-scale-rotate, RGB shift and brightness/contrast, for fine-tuning on small custom data")
+    model.add_argument("--augment", choices=("auto", "flip", "dml"), default="auto",
+                       help="training images of dml_knn / supervised: flip, or dml = rootvisionai/dml_segmentation's "
+                            "shift-scale-rotate, RGB shift and brightness/contrast; auto (default): dml when fine-tuning a --load checkpoint, else flip")
     model.add_argument("--select-by", choices=("last", "miou", "er"), help="keep the weights of the best validation score (default: last; er with --weak, as iFSL)")
     model.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other method setting, e.g. --set k=32 --set embedding_dim=128 (repeatable)")
 

@@ -97,3 +97,14 @@ def test_episode_trained_methods_refuse_dml_augmentation(tiny_datapath, tmp_path
     message = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(message) == 1 and "--augment dml augments image batches" in message[0] and "dml_knn" in message[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_auto_augments_only_image_batch_fine_tuning():
+    from fsbench.registry import METHODS
+    from fsbench.run import resolve_augment
+
+    dml_knn, panet = METHODS.get("dml_knn"), METHODS.get("panet")
+    assert resolve_augment("auto", "dml_knn", dml_knn, fine_tunes=True) == "dml"
+    assert resolve_augment("auto", "dml_knn", dml_knn, fine_tunes=False) == "flip"  # the measured profiles
+    assert resolve_augment("auto", "panet", panet, fine_tunes=True) == "flip"
+    assert resolve_augment("flip", "dml_knn", dml_knn, fine_tunes=True) == "flip"

@@ -11,9 +11,10 @@ It evaluates the base checkpoint on 1-way 1-shot episodes of the validation imag
 every category of the training images (proxies re-initialised on the new classes) with each recipe,
 and evaluates each result on the same episodes:
 
-    plain      every weight trains at the profile's lr
-    frozen     the encoder keeps its weights and batch-norm statistics (--set freeze_encoder=true)
-    augmented  every weight trains, on images augmented as the DML repo does (--augment dml)
+    plain      every weight trains at the profile's lr, on flipped images only (--augment flip)
+    frozen     the same, but the encoder keeps its weights and batch-norm statistics (--set freeze_encoder=true)
+    augmented  every weight trains, on images augmented as the DML repo does (--augment dml: what
+               --augment auto picks for fine-tuning)
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ import numpy as np
 
 from fsbench.perf.methods import _run
 
-RECIPES = {"plain": [], "frozen": ["--set", "freeze_encoder=true"], "augmented": ["--augment", "dml"]}
+RECIPES = {"plain": ["--augment", "flip"], "frozen": ["--augment", "flip", "--set", "freeze_encoder=true"],
+           "augmented": ["--augment", "dml"]}
 IMAGES = {"train": 80, "val": 60}
 
 
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fsbench.perf.finetune", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, help="a dml_knn checkpoint trained on shapes fold 0's base classes")
-    parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=["plain", "frozen"])
+    parser.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=["plain", "frozen", "augmented"])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--lr", type=float, help="fine-tuning lr (default: the checkpoint's profile)")
     parser.add_argument("--episodes", type=int, default=300)
