@@ -252,6 +252,7 @@ def _execute(run: Run) -> dict:
             "device": str(run.device),
             "processes": run.processes.world,
             "amp": args.amp,
+            "augment": args.augment if run.train_steps > 0 else None,
             "method_config": asdict(run.method.config),
             "benchmark_info": run.benchmark.describe(),
             "versions": {"fsbench": __version__, "torch": torch.__version__, "python": platform.python_version()},
