@@ -80,8 +80,8 @@ def test_the_stream_draws_are_pure_functions_of_the_position(tiny_shapes):
     plain = BaseClassImageStream(tiny_shapes, SquashResize(32), seed=3)
     first, again = stream[5], BaseClassImageStream(tiny_shapes, SquashResize(32), seed=3, augment="dml")[5]
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
-    changed = sum(not torch.equal(stream[position][0], plain[position][0]) for position in range(10))
-    assert changed >= 5  # p(no geometric or colour change) = 0.2 x 0.7 x 0.7 per image
+    changed = sum(not torch.allclose(stream[position][0], plain[position][0], atol=1e-4) for position in range(10))
+    assert changed >= 5  # p(no geometric or colour change) = 0.2 x 0.7 x 0.7 per image; flips are shared
     for position in range(10):
         assert set(stream[position][1].unique().tolist()) <= set(plain[position][1].unique().tolist()) | {0}
 
