@@ -143,12 +143,11 @@ def run_predict(args) -> int:
         profile = get_preprocessing(args.preprocessing or model.metadata["preprocessing"])
         img_size = args.img_size or model.metadata["img_size"]
         predict, record = model.predict, {"packaged": str(args.packaged), "method": model.metadata["method"], "source": model.metadata.get("source")}
+        valid_size = model.valid_size
     else:
         method, record, profile, img_size = _load(args, device)
-        predict = method.predict
+        predict, valid_size = method.predict, method.valid_size
     settings = PredictSettings(out_dir=out_dir, img_size=img_size, batch_size=args.batch_size, device=device, progress=not args.no_progress)
-    # A method states the sizes it takes; a package was traced at a multiple of 32 (predict's default).
-    valid_size = method.valid_size if args.packaged is None else None
     report = predict_folder(predict, supports, labels, queries, profile, settings, record, valid_size)
     rate = report.written / report.elapsed_s if report.elapsed_s else float("nan")
     print(f"Wrote {report.written} of {len(queries)} queries to {out_dir} ({', '.join(labels)}; {rate:.2f} queries/s)")

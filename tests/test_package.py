@@ -12,7 +12,8 @@ from fsbench.episode import Episode
 from fsbench.errors import FsbenchError
 from fsbench.model_files import load_method
 from fsbench.package import PackagedModel, export_method
-from methods.dml_knn import DMLKNN
+from fsbench.predict import predict_padded
+from methods.dml_knn import DMLKNN, DMLKNNConfig
 from methods.mtl_unet import MTLUNet
 from methods.panet import PANet
 from tests.test_dml_original import write_original_checkpoint
@@ -21,14 +22,14 @@ from tests.test_predict import tiny_dml_config, workspace  # noqa: F401  (fixtur
 SIZE = 64
 
 
-def _episode(way: int, seed: int = 0) -> Episode:
+def _episode(way: int, seed: int = 0, size: int = SIZE) -> Episode:
     generator = torch.Generator().manual_seed(seed)
-    masks = torch.zeros(way, 2, SIZE, SIZE, dtype=torch.int64)
+    masks = torch.zeros(way, 2, size, size, dtype=torch.int64)
     for index in range(way):
         masks[index, :, 8 + 10 * index : 30 + 10 * index, 10:40] = 1
     masks[0, 1, 0:4] = 255
-    return Episode(torch.rand(way, 2, 3, SIZE, SIZE, generator=generator), masks, torch.rand(3, 3, SIZE, SIZE, generator=generator),
-                   torch.full((3, SIZE, SIZE), 255), torch.arange(1, way + 1), torch.zeros(3, way, dtype=torch.bool), index=5)
+    return Episode(torch.rand(way, 2, 3, size, size, generator=generator), masks, torch.rand(3, 3, size, size, generator=generator),
+                   torch.full((3, size, size), 255), torch.arange(1, way + 1), torch.zeros(3, way, dtype=torch.bool), index=5)
 
 
 def _check_same(method, tmp_path, way: int = 2) -> None:
@@ -44,6 +45,24 @@ def _check_same(method, tmp_path, way: int = 2) -> None:
 def test_dml_knn_package_equals_in_process(tmp_path):
     torch.manual_seed(0)
     _check_same(DMLKNN(tiny_dml_config(), "cpu"), tmp_path)
+
+
+def test_a_package_is_traced_at_the_size_the_method_takes(tmp_path):
+    # UNet++ of depth 3 takes multiples of 8, so 40 px goes in unpadded in process; the package must
+    # see the same input (it was once traced at the next multiple of 32, 64, and its masks differed).
+    torch.manual_seed(0)
+    config = DMLKNNConfig(backbone="resnet18", pretrained=False, embedding_dim=16, decoder_channels=(16, 8, 8), k=8, max_positive_samples=50)
+    method = DMLKNN(config, "cpu").eval()
+    path = tmp_path / "model.fsbench.pt"
+    export_method(method, {"checkpoint": "test"}, "hsnet", 40, path, fp16=False)
+    packaged = PackagedModel(path, torch.device("cpu"))
+    assert packaged.metadata["traced_size"] == 40 and packaged.valid_size(40, 40) == method.valid_size(40, 40) == (40, 40)
+    episode = _episode(2, size=40)
+    expected = predict_padded(method.predict, episode, method.valid_size)
+    got = predict_padded(packaged.predict, episode, packaged.valid_size)
+    assert torch.allclose(got.fg_probs, expected.fg_probs, atol=1e-6) and torch.equal(got.labels(), expected.labels())
+    with pytest.raises(FsbenchError, match="traced at 40 px; it cannot take 48x48 inputs"):
+        packaged.valid_size(48, 48)
 
 
 def test_dml_knn_original_rules_package_equals_in_process(tmp_path):
