@@ -144,6 +144,7 @@ def run_predict(args) -> int:
         img_size = args.img_size or model.metadata["img_size"]
         predict, record = model.predict, {"packaged": str(args.packaged), "method": model.metadata["method"], "source": model.metadata.get("source")}
         valid_size = model.valid_size
+        valid_size(img_size, img_size)  # a size the package cannot take is refused before anything is written
     else:
         method, record, profile, img_size = _load(args, device)
         predict, valid_size = method.predict, method.valid_size

@@ -17,7 +17,7 @@ from methods.dml_knn import DMLKNN, DMLKNNConfig
 from methods.mtl_unet import MTLUNet
 from methods.panet import PANet
 from tests.test_dml_original import write_original_checkpoint
-from tests.test_predict import tiny_dml_config, workspace  # noqa: F401  (fixture)
+from tests.test_predict import IMG_SIZE, tiny_dml_config, workspace  # noqa: F401  (fixture)
 
 SIZE = 64
 
@@ -92,6 +92,9 @@ def test_cli_export_then_packaged_predict_writes_the_same_masks(workspace, tmp_p
     assert main(["predict", "--packaged", str(package), "--out", str(tmp_path / "b"), *common]) == 0
     for name in ("q1.png", "q2.png"):
         assert np.array_equal(np.array(Image.open(tmp_path / "a" / "masks" / name)), np.array(Image.open(tmp_path / "b" / "masks" / name)))
+    # A size the traced network cannot take: one line, nothing written.
+    assert main(["predict", "--packaged", str(package), "--img-size", str(IMG_SIZE + 64), "--out", str(tmp_path / "c"), *common]) == 1
+    assert not (tmp_path / "c").exists()
     with pytest.raises(FsbenchError, match="not a packaged fsbench model"):
         (tmp_path / "junk.pt").write_bytes(b"PK\x03\x04junk")
         PackagedModel(tmp_path / "junk.pt", torch.device("cpu"))
