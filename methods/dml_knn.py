@@ -194,8 +194,14 @@ class DMLKNN(Method):
     def metric_loss(self, batch: tuple[Tensor, Tensor], context: StepContext) -> dict[str, Tensor]:
         """Proxy-Anchor loss of a batch: images [B, 3, H, W], training labels [B, H, W]."""
         images, labels = batch
-        sampled, sampled_labels = sample_pixels(self.network(images), labels, self.config.pixels_per_image, context.generator)
-        return {"loss": proxy_anchor_loss(sampled, sampled_labels, self.proxies.weight, self.config.alpha, self.config.delta)}
+        embeddings = self.network(images)
+        # The loss in float32 also under --amp: alpha (32) multiplies the cosines in the exponents,
+        # and a bf16 cosine is off by up to ~4e-3, i.e. 0.1 in each exponent; the summed loss itself
+        # rounded to bf16 moves in steps of 0.125 near its typical value 18.
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            sampled, sampled_labels = sample_pixels(embeddings.float(), labels, self.config.pixels_per_image, context.generator)
+            loss = proxy_anchor_loss(sampled, sampled_labels, self.proxies.weight.float(), self.config.alpha, self.config.delta)
+        return {"loss": loss}
 
     @torch.no_grad()
     def _initialise_proxies(self, context: TrainingContext) -> None:

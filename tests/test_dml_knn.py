@@ -165,3 +165,24 @@ def test_training_ignores_way_shot_and_task(tiny_shapes):
         states.append(method.state_dict())
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
+
+
+def test_metric_loss_is_float32_under_bf16_autocast():
+    # Under --amp bf16 the network runs in bf16 but the Proxy-Anchor loss must not: alpha 32 turns
+    # bf16's cosine error into 0.1 in each exponent. The loss equals a float32 computation on the
+    # same (bf16-produced) embeddings.
+    from fsbench.engine.plan import StepContext
+
+    torch.manual_seed(0)
+    method = DMLKNN(tiny_config(), "cpu")
+    method.proxies.resize(4)
+    method.proxies.weight.data.copy_(F.normalize(torch.randn(4, 64), dim=1))
+    images = torch.randn(2, 3, 32, 32)
+    labels = torch.randint(0, 4, (2, 32, 32))
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        loss = method.metric_loss((images, labels), StepContext(step=0, generator=torch.Generator().manual_seed(5)))["loss"]
+        embeddings = method.network(images)
+    assert embeddings.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    sampled, sampled_labels = sample_pixels(embeddings.float(), labels, method.config.pixels_per_image, torch.Generator().manual_seed(5))
+    expected = proxy_anchor_loss(sampled, sampled_labels, method.proxies.weight, method.config.alpha, method.config.delta)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
