@@ -3,8 +3,9 @@
     python -m fsbench.perf.reference --hsnet-root ../hsnet --ifsl-root ../ifsl [--size 400]
         [--backbones resnet50 resnet101 vgg16] [--shots 1 5] [--ways 1 2] [--seed 0]
 
-For each of HSNet (juhongm999/hsnet, model/hsnet.py) and iFSL's fs-cs HSNet, ASNet and ASNet-HM
-(dahyun-kang/ifsl, fs-cs/model/*.py), imported from a clone at run time (never copied here):
+For each of HSNet (juhongm999/hsnet, model/hsnet.py), iFSL's FS-S ASNet (dahyun-kang/ifsl,
+fs-s/model/asnet.py) and iFSL's fs-cs HSNet, ASNet and ASNet-HM (fs-cs/model/*.py), imported from a
+clone at run time (never copied here):
 1. build the authors' network with random weights (their torchvision backbone built without the
    ImageNet download; batch-norm statistics and learner weights perturbed so nothing is at its
    initial value) and save it in the release format (``nn.DataParallel(model).state_dict()`` as
@@ -146,10 +147,25 @@ def build_ifsl(root: Path, method: str, backbone: str, way: int, generator: torc
     return model, path
 
 
-def compare_hsnet(root: Path, backbone: str, size: int, shots: list[int], generator: torch.Generator, directory: Path) -> list[list]:
-    """HSNet (juhongm999/hsnet) against fsbench's hsnet loaded from its best_model.pt."""
-    reference, path = build_hsnet(root, backbone, generator, directory)
-    ours, _ = load_method(path, "hsnet", torch.device("cpu"))
+def build_ifsl_fss_asnet(root: Path, backbone: str, generator: torch.Generator, directory: Path) -> tuple[nn.Module, Path]:
+    """iFSL's FS-S ASNet (fs-s/model/asnet.py: 1-way, HSNet's forward and vote), saved as a Lightning .ckpt."""
+    with authors_code(root / "fs-s"):
+        from model.asnet import AttentiveSqueezeNetwork
+
+        model = AttentiveSqueezeNetwork(argparse.Namespace(backbone=backbone), False)
+    perturb(model, model.learner, generator)
+    model.eval()
+    path = directory / f"ifsl_fss_asnet_{backbone}.ckpt"
+    torch.save({"epoch": 1, "global_step": 1, "pytorch-lightning_version": "1.3.8", "state_dict": model.state_dict(),
+                "callbacks": {}, "optimizer_states": [], "lr_schedulers": []}, path)
+    return model, path
+
+
+def compare_fss(name: str, method: str, reference: nn.Module, path: Path, backbone: str, size: int, shots: list[int],
+                generator: torch.Generator, overrides: dict | None = None) -> list[list]:
+    """A 1-way model with HSNet's interface (forward(query, support, mask) -> upsampled 2-channel
+    logits; predict_mask_nshot with the vote) against fsbench's ``method`` loaded from ``path``."""
+    ours, _ = load_method(path, method, torch.device("cpu"), overrides)
     rows = []
     for shot in shots:
         query = torch.randn(1, 3, size, size, generator=generator)
@@ -162,7 +178,7 @@ def compare_hsnet(root: Path, backbone: str, size: int, shots: list[int], genera
             our_logits = ours.shot_logits(episode)  # [K, Q, N, 2, h, w]
             our_logits = F.interpolate(our_logits.flatten(0, 2), (size, size), mode="bilinear", align_corners=True).view(shot, 1, 2, size, size)
             our_labels = ours.predict(episode).labels()
-        rows.append(_row("hsnet (HSNet code)", backbone, 1, shot, reference_logits, our_logits, reference_labels.long(), our_labels))
+        rows.append(_row(name, backbone, 1, shot, reference_logits, our_logits, reference_labels.long(), our_labels))
     return rows
 
 
@@ -228,7 +244,15 @@ def main(argv: list[str] | None = None) -> None:
         directory = Path(temporary)
         for backbone in args.backbones:
             if args.hsnet_root is not None and "hsnet" in args.methods:
-                rows += [row + ["-"] for row in compare_hsnet(args.hsnet_root, backbone, args.size, args.shots, generator, directory)]
+                reference, path = build_hsnet(args.hsnet_root, backbone, generator, directory)
+                rows += [row + ["-"] for row in compare_fss("hsnet (HSNet code)", "hsnet", reference, path, backbone, args.size, args.shots, generator)]
+            if args.ifsl_root is not None and "asnet" in args.methods:
+                # iFSL's FS-S ASNet evaluates k shots with HSNet's vote. Its ResNet checkpoints have
+                # the keys of the fs-cs ones, which fsbench reads with iFSL's average: a user of an
+                # FS-S file sets the vote (--set shot_aggregation=vote); VGG-16 files get it anyway.
+                reference, path = build_ifsl_fss_asnet(args.ifsl_root, backbone, generator, directory)
+                rows += [row + ["-"] for row in compare_fss("asnet (iFSL fs-s code)", "asnet", reference, path, backbone, args.size,
+                                                            args.shots, generator, {"shot_aggregation": "vote"})]
             if args.ifsl_root is not None and backbone != "vgg16":  # iFSL's fs-cs models are ResNet only
                 for method in args.methods:
                     rows += compare_ifsl(args.ifsl_root, method, backbone, args.size, args.shots, args.ways, generator, directory)
