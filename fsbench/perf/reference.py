@@ -237,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     for flag, root, marker in (("--hsnet-root", args.hsnet_root, "model/hsnet.py"), ("--ifsl-root", args.ifsl_root, "fs-cs/model/asnet.py")):
         if root is not None and not (root / marker).is_file():
             parser.error(f"{flag}: {root / marker} not found")
+    if args.ifsl_root is not None and not _importable("einops"):
+        parser.error("--ifsl-root: iFSL's models import einops, which is not installed (pip install einops)")
     torch.set_grad_enabled(False)
     generator = torch.Generator().manual_seed(args.seed)
     rows = []
