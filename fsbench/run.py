@@ -90,8 +90,8 @@ def resolve_augment(augment: str, method_name: str, method_class, fine_tunes: bo
     """--augment: "auto" is "dml" where an image-batch method fine-tunes a loaded checkpoint (measured
     on a 3-class custom set of 80 images from the demo's checkpoint: flips alone overfit, novel
     mIoU 53.4 -> 39.4; the DML repo's augmentations 53.4 -> 60.3; fsbench/perf/finetune.py) and
-    "flip" otherwise, so that the
-    measured from-scratch profiles are unchanged. Episode-trained methods refuse "dml"."""
+    "flip" otherwise, so that the measured from-scratch profiles are unchanged. Episode-trained
+    methods refuse "dml"."""
     if augment == "auto":
         return "dml" if fine_tunes and not method_class.trains_on_episodes else "flip"
     if augment != "flip" and method_class.trains_on_episodes:
