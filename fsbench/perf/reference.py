@@ -33,12 +33,12 @@ import types
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tabulate import tabulate
 from torch import Tensor, nn
 
 from fsbench.episode import Episode
 from fsbench.model_files import load_method
+from methods.correlation.way_maps import upsample
 
 AUTHOR_PACKAGES = ("model", "common")
 
@@ -122,6 +122,22 @@ def episode_of(query: Tensor, supports: Tensor, masks: Tensor) -> Episode:
     )
 
 
+def random_episode(way: int, shot: int, size: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Episode]:
+    """query [1, 3, S, S], supports [N, K, 3, S, S], masks [N, K, S, S] (0/1 float) and the fsbench
+    episode holding them."""
+    query = torch.randn(1, 3, size, size, generator=generator)
+    supports = torch.randn(way, shot, 3, size, size, generator=generator)
+    masks = blob_masks(way * shot, size, generator).view(way, shot, size, size)
+    return query, supports, masks, episode_of(query, supports, masks)
+
+
+def save_lightning(model: nn.Module, path: Path) -> Path:
+    """``model``'s state as a PyTorch Lightning 1.3 checkpoint (iFSL's release format) at ``path``."""
+    torch.save({"epoch": 1, "global_step": 1, "pytorch-lightning_version": "1.3.8", "state_dict": model.state_dict(),
+                "callbacks": {}, "optimizer_states": [], "lr_schedulers": []}, path)
+    return path
+
+
 def build_hsnet(root: Path, backbone: str, generator: torch.Generator, directory: Path) -> tuple[nn.Module, Path]:
     with authors_code(root):
         from model.hsnet import HypercorrSqueezeNetwork
@@ -144,11 +160,7 @@ def build_ifsl(root: Path, method: str, backbone: str, way: int, generator: torc
 
         model = getattr(importlib.import_module(module_name), class_name)(arguments)
     perturb(model, model.learner, generator)
-    model.eval()
-    path = directory / f"ifsl_{method}_{backbone}.ckpt"
-    torch.save({"epoch": 1, "global_step": 1, "pytorch-lightning_version": "1.3.8", "state_dict": model.state_dict(),
-                "callbacks": {}, "optimizer_states": [], "lr_schedulers": []}, path)
-    return model, path
+    return model.eval(), save_lightning(model, directory / f"ifsl_{method}_{backbone}.ckpt")
 
 
 def build_ifsl_fss_asnet(root: Path, backbone: str, generator: torch.Generator, directory: Path) -> tuple[nn.Module, Path]:
@@ -158,11 +170,7 @@ def build_ifsl_fss_asnet(root: Path, backbone: str, generator: torch.Generator, 
 
         model = AttentiveSqueezeNetwork(argparse.Namespace(backbone=backbone), False)
     perturb(model, model.learner, generator)
-    model.eval()
-    path = directory / f"ifsl_fss_asnet_{backbone}.ckpt"
-    torch.save({"epoch": 1, "global_step": 1, "pytorch-lightning_version": "1.3.8", "state_dict": model.state_dict(),
-                "callbacks": {}, "optimizer_states": [], "lr_schedulers": []}, path)
-    return model, path
+    return model.eval(), save_lightning(model, directory / f"ifsl_fss_asnet_{backbone}.ckpt")
 
 
 def compare_fss(name: str, method: str, reference: nn.Module, path: Path, backbone: str, size: int, shots: list[int],
@@ -172,17 +180,14 @@ def compare_fss(name: str, method: str, reference: nn.Module, path: Path, backbo
     ours, _ = load_method(path, method, torch.device("cpu"), overrides)
     rows = []
     for shot in shots:
-        query = torch.randn(1, 3, size, size, generator=generator)
-        supports = torch.randn(1, shot, 3, size, size, generator=generator)
-        masks = blob_masks(shot, size, generator).view(1, shot, size, size)
-        episode = episode_of(query, supports, masks)
+        query, supports, masks, episode = random_episode(1, shot, size, generator)
         with torch.no_grad():
             reference_logits = torch.stack([reference(query, supports[:, k], masks[:, k]) for k in range(shot)])  # [K, 1, 2, H, W]
             reference_labels = reference.predict_mask_nshot({"query_img": query, "support_imgs": supports, "support_masks": masks}, shot)
             our_logits = ours.shot_logits(episode)  # [K, Q, N, 2, h, w]
-            our_logits = F.interpolate(our_logits.flatten(0, 2), (size, size), mode="bilinear", align_corners=True).view(shot, 1, 2, size, size)
+            our_logits = upsample(our_logits.flatten(0, 2), (size, size)).view(shot, 1, 2, size, size)
             our_labels = ours.predict(episode).labels()
-        rows.append(_row(name, backbone, 1, shot, reference_logits, our_logits, reference_labels.long(), our_labels))
+        rows.append(_row(name, backbone, 1, shot, reference_logits, our_logits, reference_labels.long(), our_labels) + ["-"])
     return rows
 
 
@@ -194,10 +199,7 @@ def compare_ifsl(root: Path, method: str, backbone: str, size: int, shots: list[
         reference, path = build_ifsl(root, method, backbone, way, generator, directory)
         ours, _ = load_method(path, method, torch.device("cpu"))
         for shot in shots:
-            query = torch.randn(1, 3, size, size, generator=generator)
-            supports = torch.randn(way, shot, 3, size, size, generator=generator)
-            masks = blob_masks(way * shot, size, generator).view(way, shot, size, size)
-            episode = episode_of(query, supports, masks)
+            query, supports, masks, episode = random_episode(way, shot, size, generator)
             batch = {"query_img": query, "support_imgs": supports.unsqueeze(0), "support_masks": masks.unsqueeze(0),
                      "org_query_imsize": [torch.tensor([size]), torch.tensor([size])]}
             with torch.no_grad():
@@ -251,14 +253,14 @@ def main(argv: list[str] | None = None) -> None:
         for backbone in args.backbones:
             if args.hsnet_root is not None and "hsnet" in args.methods:
                 reference, path = build_hsnet(args.hsnet_root, backbone, generator, directory)
-                rows += [row + ["-"] for row in compare_fss("hsnet (HSNet code)", "hsnet", reference, path, backbone, args.size, args.shots, generator)]
+                rows += compare_fss("hsnet (HSNet code)", "hsnet", reference, path, backbone, args.size, args.shots, generator)
             if args.ifsl_root is not None and "asnet" in args.methods:
                 # iFSL's FS-S ASNet evaluates k shots with HSNet's vote. Its ResNet checkpoints have
                 # the keys of the fs-cs ones, which fsbench reads with iFSL's average: a user of an
                 # FS-S file sets the vote (--set shot_aggregation=vote); VGG-16 files get it anyway.
                 reference, path = build_ifsl_fss_asnet(args.ifsl_root, backbone, generator, directory)
-                rows += [row + ["-"] for row in compare_fss("asnet (iFSL fs-s code)", "asnet", reference, path, backbone, args.size,
-                                                            args.shots, generator, {"shot_aggregation": "vote"})]
+                rows += compare_fss("asnet (iFSL fs-s code)", "asnet", reference, path, backbone, args.size, args.shots,
+                                    generator, {"shot_aggregation": "vote"})
             if args.ifsl_root is not None and backbone != "vgg16":  # iFSL's fs-cs models are ResNet only
                 for method in args.methods:
                     rows += compare_ifsl(args.ifsl_root, method, backbone, args.size, args.shots, args.ways, generator, directory)
