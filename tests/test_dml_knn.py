@@ -186,3 +186,21 @@ def test_metric_loss_is_float32_under_bf16_autocast():
     sampled, sampled_labels = sample_pixels(embeddings.float(), labels, method.config.pixels_per_image, torch.Generator().manual_seed(5))
     expected = proxy_anchor_loss(sampled, sampled_labels, method.proxies.weight, method.config.alpha, method.config.delta)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_channels_last_network_embeds_as_the_default_layout_and_saves_plain_tensors(tmp_path):
+    # channels_last is a layout, not a model: the same weights in NCHW give the same embeddings up to
+    # float rounding, and a checkpoint written from the NHWC network loads into an NCHW one.
+    from fsbench.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    nhwc = DMLKNN(tiny_config(channels_last=True), "cpu").eval()
+    nchw = DMLKNN(tiny_config(channels_last=False), "cpu").eval()
+    weight = nhwc.network.encoder.conv1.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert nchw.network.encoder.conv1.weight.is_contiguous()
+    save_checkpoint(tmp_path / "model.safetensors", nhwc.state_dict(), {})
+    state, _ = load_checkpoint(tmp_path / "model.safetensors", "cpu")
+    nchw.load_state_dict(state)
+    images = torch.randn(2, 3, 64, 64)
+    assert torch.allclose(nhwc.embed(images), nchw.embed(images), atol=1e-5)
