@@ -210,10 +210,11 @@ class DMLKNN(Method):
         embeddings = self.network(images)
         # The loss in float32 also under --amp: alpha (32) multiplies the cosines in the exponents,
         # and a bf16 cosine is off by up to ~4e-3, i.e. 0.1 in each exponent; the summed loss itself
-        # rounded to bf16 moves in steps of 0.125 near its typical value 18.
+        # rounded to bf16 moves in steps of 0.125 near its typical value 18. Only the sampled pixels
+        # are cast (gathering commutes with the cast), not the whole [B, D, H, W] map.
         with torch.autocast(device_type=images.device.type, enabled=False):
-            sampled, sampled_labels = sample_pixels(embeddings.float(), labels, self.config.pixels_per_image, context.generator)
-            loss = proxy_anchor_loss(sampled, sampled_labels, self.proxies.weight.float(), self.config.alpha, self.config.delta)
+            sampled, sampled_labels = sample_pixels(embeddings, labels, self.config.pixels_per_image, context.generator)
+            loss = proxy_anchor_loss(sampled.float(), sampled_labels, self.proxies.weight.float(), self.config.alpha, self.config.delta)
         return {"loss": loss}
 
     @torch.no_grad()
