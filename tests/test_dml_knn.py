@@ -98,6 +98,18 @@ def test_sample_pixels_is_class_balanced_and_skips_ignore():
     assert (sampled_labels == 3).sum() == 4  # every class-3 pixel, despite being 1% of the image
 
 
+def test_sample_pixels_skips_an_image_with_no_valid_pixel():
+    labels = torch.full((3, 6, 6), 255, dtype=torch.long)
+    labels[0, :3] = 1  # image 0: 18 pixels of class 1; image 1: all ignore; image 2: 36 background
+    labels[2] = 0
+    embeddings = torch.arange(3 * 36, dtype=torch.float).view(3, 1, 6, 6)  # value = flat pixel index
+    sampled, sampled_labels = sample_pixels(embeddings, labels, 10, torch.Generator().manual_seed(0))
+    values = sampled.squeeze(1).long()
+    assert len(values) == 20  # 10 draws from each of the two images that have pixels
+    assert set(values[:10].tolist()) <= set(range(18)) and set(values[10:].tolist()) <= set(range(72, 108))
+    assert sampled_labels.tolist() == [1] * 10 + [0] * 10
+
+
 def tiny_config(**changes):
     config = DMLKNNConfig.quick()
     return DMLKNNConfig(**{**config.__dict__, "batch_size": 2, **changes})
