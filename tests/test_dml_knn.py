@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from fsbench.episode import Episode
+from fsbench.errors import FsbenchError
 from fsbench.losses import proxy_anchor_loss
 from fsbench.engine.fit import FitSettings, fit
 from fsbench.transforms import SquashResize
@@ -216,3 +217,35 @@ def test_channels_last_network_embeds_as_the_default_layout_and_saves_plain_tens
     nchw.load_state_dict(state)
     images = torch.randn(2, 3, 64, 64)
     assert torch.allclose(nhwc.embed(images), nchw.embed(images), atol=1e-5)
+
+
+def test_train_crop_trains_on_one_random_window_of_the_images_and_their_labels(monkeypatch):
+    # The network sees one window of the batch per step, and the loss samples pixels of the same
+    # window of the labels; the window moves from step to step.
+    import methods.dml_knn as dml_knn
+    from fsbench.engine.plan import StepContext
+
+    torch.manual_seed(0)
+    method = DMLKNN(tiny_config(train_crop=16), "cpu")
+    method.proxies.resize(4)
+    images, labels = torch.randn(2, 3, 32, 32), torch.randint(0, 4, (2, 32, 32))
+    seen_images, seen_labels = [], []
+    method.network.register_forward_hook(lambda module, inputs, output: seen_images.append(inputs[0]))
+    real_sample_pixels = dml_knn.sample_pixels
+    monkeypatch.setattr(dml_knn, "sample_pixels", lambda e, l, *rest: (seen_labels.append(l), real_sample_pixels(e, l, *rest))[1])
+    windows = set()
+    for step in range(6):
+        method.metric_loss((images, labels), StepContext(step=step, generator=torch.Generator().manual_seed(step)))
+        assert seen_images[-1].shape == (2, 3, 16, 16)
+        matches = [(top, left) for top in range(17) for left in range(17)
+                   if torch.equal(seen_images[-1], images[..., top : top + 16, left : left + 16])]
+        assert len(matches) == 1
+        top, left = matches[0]
+        assert torch.equal(seen_labels[-1], labels[..., top : top + 16, left : left + 16])
+        windows.add(matches[0])
+    assert len(windows) > 1
+
+
+def test_train_crop_must_suit_the_network():
+    with pytest.raises(FsbenchError, match="train_crop 20 .* multiple of 8"):
+        DMLKNN(tiny_config(train_crop=20), "cpu")
