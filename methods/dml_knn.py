@@ -88,10 +88,12 @@ class DMLKNNConfig(MethodConfig):
         "decoder_channels": (64, 32, 16),
         "lr": 1e-3,
         # Class identity needs this budget on shapes: at 400 steps 2-way way wins are still at chance.
-        # 96 px windows of the 128 px images make a bf16 step about 0.6x as long, so 3000 steps fit the
-        # demo in 7 minutes on a 2-core CPU. Shapes fold 0, 1000 episodes, bf16: 3000 steps on 96 px
-        # windows 59.5 mIoU (413 s in all); 2000 steps 47.9 on windows, 48.8 on whole images; 1500
-        # whole-image steps 46.7 (512 s); 64 px windows, 3000 steps, 45.3 (they cut most objects).
+        # 96 px windows of the 128 px images make a bf16 step about 0.7x as long (0.12-0.14 s against
+        # 0.18 s in whole runs on a 2-core CPU), so 3000 steps fit the demo in 7 minutes; the gain is
+        # the extra steps. Shapes fold 0, 1000 episodes, bf16: 3000 steps on 96 px windows 59.5 mIoU
+        # (413 s in all; training seed 1: 56.0); 2000 steps 47.9 on windows, 48.8 on whole images;
+        # 1500 whole-image steps 46.7 (512 s); 3000 steps on 64 px windows 45.3 (a 64 px window cuts
+        # the larger objects, up to 60 px across).
         "train_steps": 3000,
         "train_crop": 96,
         "pixels_per_image": 512,
