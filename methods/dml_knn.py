@@ -75,8 +75,8 @@ class DMLKNNConfig(MethodConfig):
     # whose outputs are compared with the repo's to the last bit.
     channels_last: bool = True
     # Train on one random train_crop x train_crop window of each batch (0: whole images): a step costs
-    # about the window's share of the pixels, so a fixed time buys more steps. A multiple of
-    # 2^(encoder depth).
+    # less (0.7x for 96 px windows of the demo's 128 px images), so a fixed time buys more steps. A
+    # multiple of 2^(encoder depth).
     train_crop: int = 0
 
     QUICK = {
