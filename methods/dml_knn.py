@@ -134,9 +134,8 @@ class DMLKNN(Method):
         if config.knn_precision not in KNN_PRECISIONS:
             raise FsbenchError(f"unknown knn_precision {config.knn_precision!r} for dml_knn; available: {', '.join(KNN_PRECISIONS)}")
 
-        multiple = 2 ** len(config.decoder_channels)
-        if config.train_crop < 0 or config.train_crop % multiple:
-            raise FsbenchError(f"train_crop {config.train_crop} for dml_knn: use 0 (whole images) or a multiple of {multiple}, "
+        if config.train_crop < 0 or config.train_crop % self.size_step:
+            raise FsbenchError(f"train_crop {config.train_crop} for dml_knn: use 0 (whole images) or a multiple of {self.size_step}, "
                                f"the UNet++'s size step at encoder depth {len(config.decoder_channels)}")
         # The original repo's kNN rules work on the whole episode (methods/dml_original.py), not on
         # per-image encodings.
@@ -177,11 +176,14 @@ class DMLKNN(Method):
         """[B, 3, H, W] -> [B, D, H, W] L2-normalised pixel embeddings."""
         return F.normalize(self.network(images), dim=1)
 
+    @property
+    def size_step(self) -> int:
+        """UNet++'s poolings (one per encoder stage) need sides divisible by 2^depth (smp refuses
+        anything else): 32 at the default depth 5, 8 in the demo profile."""
+        return 2 ** len(self.config.decoder_channels)
+
     def valid_size(self, height: int, width: int) -> tuple[int, int]:
-        # UNet++'s poolings (one per encoder stage) need sides divisible by 2^depth (smp refuses
-        # anything else): 32 at the default depth 5.
-        multiple = 2 ** len(self.config.decoder_channels)
-        return round_up(height, multiple), round_up(width, multiple)
+        return round_up(height, self.size_step), round_up(width, self.size_step)
 
     # --- training -----------------------------------------------------------------------------
     def training_stages(self, context: TrainingContext) -> list[TrainingStage]:
